@@ -1,0 +1,13 @@
+"""dgml_tf: deep metric learning with attentive grouping (Xu et al., arXiv 2011.08877) for Keras 3.
+
+Subpackages follow the data flow: ``layers`` (attentive grouping and baseline heads), ``losses``
+(diversity, margin and other metric losses), ``models`` (backbone + head builders), ``training``,
+``evaluation``, ``interpretation``, and the CLIs ``dgml_tf.train``, ``dgml_tf.evaluate``,
+``dgml_tf.explain``, ``dgml_tf.export``, ``dgml_tf.index``.
+"""
+
+from dgml_tf._legacy_keras_guard import check_not_legacy_keras
+
+check_not_legacy_keras()
+
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""dgml-tf: attentive-grouping deep metric learning for Keras 3 / TensorFlow 2.20."""
+
+from setuptools import find_packages, setup
+
+# One pinned line, known to work together on Python 3.11 (TF 2.20 is the line scann's ops are
+# built for; with TF 2.21 `import scann` crashes).
+INSTALL_REQUIRES = [
+    "tensorflow==2.20.0",  # not tensorflow-cpu: scann, tf-serving-api require it by name
+    "keras==3.15.1",
+    "numpy==2.4.6",
+    "protobuf==6.33.6",
+    "absl-py==2.5.1",
+    "tensorboard==2.20.0",
+    "pillow>=10",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    "serving": ["scann[tf]==1.4.2", "tensorflow-serving-api==2.20.0"],
+    "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
+    "similarity": ["tensorflow-similarity==0.17.1"],
+    "explain": ["matplotlib>=3.8"],
+    "evaluation": ["scikit-learn>=1.4"],
+    # The torchvision MobileNetV2 ImageNet weights, offline. Install with --no-deps: its metadata
+    # pins torch 1.6 and an old numpy, neither of which is needed to read the file.
+    "pretrained": [],
+    "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="dgml-tf",
+    version="0.1.0",
+    description="Deep metric learning via attentive grouping (Xu et al. 2020) for Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["dgml_tf*", "pipelines*", "serving*"]),
+    package_data={"dgml_tf": ["configs/*.flags"], "serving": ["configs/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "dgml-train=dgml_tf.train:run",
+            "dgml-evaluate=dgml_tf.evaluate:run",
+            "dgml-export=dgml_tf.export:run",
+            "dgml-index=dgml_tf.index:run",
+            "dgml-explain=dgml_tf.explain:run",
+        ]
+    },
+)

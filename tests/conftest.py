@@ -1,0 +1,34 @@
+"""Test session set-up shared by every test file.
+
+TensorFlow is imported once per process (~8 s), so the suite runs in one pytest process. Two
+logical CPU devices are configured before anything touches TF, so tf.distribute tests can run a
+real MirroredStrategy on this 2-core, GPU-less machine.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.pop("TF_USE_LEGACY_KERAS", None)
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+except RuntimeError:  # already initialised by an earlier import; keep what exists
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_state():
+    """Every test starts with float32 policy and a clean Keras session."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.backend.clear_session()
+    yield
+    keras.mixed_precision.set_global_policy("float32")
