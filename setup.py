@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.20.0",
     "pillow>=10",
     "tqdm>=4.60",
+    "fonttools>=4.40",  # glyph dataset: font cmaps and family names
 ]
 
 EXTRAS = {
@@ -24,6 +25,7 @@ EXTRAS = {
     # The torchvision MobileNetV2 ImageNet weights, offline. Install with --no-deps: its metadata
     # pins torch 1.6 and an old numpy, neither of which is needed to read the file.
     "pretrained": [],
+    "benchmark": ["faiss-cpu==1.15.1"],
     "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
