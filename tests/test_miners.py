@@ -1,0 +1,125 @@
+"""Distance-weighted miner: admissible picks, the closed-form sampling law, reproducibility."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgml_tf.miners import DistanceWeightedMiner, Triplets
+
+
+def _point_at_distance(distance, axis, dim):
+    """A unit vector at chord distance ``distance`` from e0, rotated towards e_axis."""
+    angle = 2.0 * np.arcsin(distance / 2.0)
+    point = np.zeros(dim)
+    point[0], point[axis] = np.cos(angle), np.sin(angle)
+    return point
+
+
+def _closed_form_probabilities(distances, dim, lower_cutoff=0.5):
+    d = np.maximum(np.asarray(distances, np.float64), lower_cutoff)
+    weights = d ** (2.0 - dim) * (1.0 - d**2 / 4.0) ** (-(dim - 3.0) / 2.0)
+    return weights / weights.sum()
+
+
+def _draw(miner, embeddings, labels, draws):
+    """``draws`` successive minings, in one graph loop (the seed state advances each time)."""
+
+    @tf.function
+    def many():
+        arrays = [tf.TensorArray(dtype, size=draws) for dtype in (tf.int32, tf.int32, tf.bool)]
+        for i in tf.range(draws):
+            triplets = miner(embeddings, labels)
+            arrays = [a.write(i, v) for a, v in zip(arrays, triplets)]
+        return [a.stack() for a in arrays]
+
+    return tuple(r.numpy() for r in many())
+
+
+DIM = 6
+# Anchor e0 (class 0), a positive (class 0), negatives of classes 1-2 at these distances; 0.2
+# and 0.4 are below the 0.5 cutoff, so they must be drawn as often as a negative at 0.5.
+NEG_DISTANCES = [0.2, 0.4, 0.9, 1.3, 1.7]
+
+
+def _fixture_batch():
+    rows = [np.eye(DIM)[0], _point_at_distance(0.7, 1, DIM)]
+    rows += [_point_at_distance(d, 1 + i, DIM) for i, d in enumerate(NEG_DISTANCES)]
+    labels = np.array([0, 0, 1, 1, 2, 2, 1])
+    return tf.constant(np.stack(rows), tf.float32), tf.constant(labels, tf.int32)
+
+
+def test_negative_distribution_matches_closed_form_weights():
+    embeddings, labels = _fixture_batch()
+    draws = 3000
+    _, negatives, _ = _draw(DistanceWeightedMiner(seed=7), embeddings, labels, draws)
+    counts = np.bincount(negatives[:, 0], minlength=7)[2:]
+    expected = draws * _closed_form_probabilities(NEG_DISTANCES, DIM)
+    assert counts.sum() == draws  # never the anchor nor its positive
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    assert chi_square < 18.5  # 99.9% quantile of chi-square with 4 degrees of freedom
+    # The two clamped negatives share one weight: their counts differ only by noise.
+    assert abs(counts[0] - counts[1]) < 5 * np.sqrt(expected[0])
+
+
+def test_same_class_never_sampled_and_positives_uniform():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    positives, negatives, valid = _draw(DistanceWeightedMiner(seed=3), x, labels, 600)
+    assert valid.all()
+    anchors = np.arange(12)
+    assert (labels[negatives] != labels[anchors]).all()
+    assert (labels[positives] == labels[anchors]).all()
+    assert (positives != anchors).all()
+    # Anchor 0 has positives 1 and 2, each with probability 1/2 (600 draws: sd ~12).
+    assert abs(int((positives[:, 0] == 1).sum()) - 300) < 60
+
+
+def test_upper_cutoff_excludes_far_negatives():
+    embeddings, labels = _fixture_batch()
+    _, negatives, _ = _draw(
+        DistanceWeightedMiner(upper_cutoff=1.4, seed=1), embeddings, labels, 300
+    )
+    # Negatives at 1.7 (index 6) are beyond the cutoff.
+    assert not (negatives[:, 0] == 6).any()
+
+
+def test_anchors_without_positive_or_negative_are_invalid():
+    x = np.eye(4, dtype="float32")
+    triplets = DistanceWeightedMiner(seed=0)(x, np.array([0, 1, 1, 1]))
+    assert isinstance(triplets, Triplets)
+    np.testing.assert_array_equal(triplets.valid.numpy(), [False, True, True, True])
+    assert triplets.positives.numpy()[0] == 0 and triplets.negatives.numpy()[0] == 0
+    single_class = DistanceWeightedMiner(seed=0)(x, np.zeros(4, "int32"))
+    assert not single_class.valid.numpy().any()
+
+
+def test_same_seed_reproduces_draws():
+    embeddings, labels = _fixture_batch()
+    first = _draw(DistanceWeightedMiner(seed=11), embeddings, labels, 20)[1]
+    second = _draw(DistanceWeightedMiner(seed=11), embeddings, labels, 20)[1]
+    other = _draw(DistanceWeightedMiner(seed=12), embeddings, labels, 20)[1]
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_high_dimension_is_stable():
+    # n = 170 (the paper's group size): raw weights overflow float32 without the max shift.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 170)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[1] = x[0]  # a negative at distance 0 (clamped to 0.5)
+    labels = np.array([0, 1, 0, 1, 2, 2, 3, 3])
+    logits, has_negative = DistanceWeightedMiner().negative_logits(x, labels)
+    finite = np.isfinite(logits.numpy())
+    assert has_negative.numpy().all()
+    assert finite.sum(axis=1).min() >= 1
+    assert np.nanmax(np.where(finite, logits.numpy(), np.nan), axis=1) == pytest.approx(0.0)
+
+
+def test_bad_cutoffs_raise():
+    with pytest.raises(ValueError, match="lower_cutoff"):
+        DistanceWeightedMiner(lower_cutoff=0.0)
+    with pytest.raises(ValueError, match="upper_cutoff"):
+        DistanceWeightedMiner(lower_cutoff=0.5, upper_cutoff=0.4)
