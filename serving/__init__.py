@@ -1,0 +1,19 @@
+"""The REST retrieval service on TF Serving's REST contract, and its client.
+
+Modules, one concept each:
+  - ``errors``: failures with TF Serving's canonical codes and their HTTP statuses.
+  - ``tensor_json``: TF Serving's JSON tensor encoding (row / columnar, b64).
+  - ``signature_defs``: SignatureDef protos and the metadata JSON.
+  - ``servable``: base class of a served model version; ``saved_model_servable``: a SavedModel.
+  - ``embedders``: query embeddings from a local SavedModel or a remote TF Serving.
+  - ``retrieval_servable``: the ``<name>_retrieval`` model (top-k neighbours from the index).
+  - ``model_config``: ``models.config`` and version policies; ``state_loader``: loading and
+    pairing the index with its embedder version; ``model_registry``: atomic snapshots.
+  - ``rest_api``: the HTTP routes; ``server``: ``python -m serving.server``.
+  - ``client``: ``RetrievalClient`` and ``python -m serving.client`` (stdlib only).
+  - ``synthetic_gallery``: encoded images of known classes and a tiny exported embedder + index,
+    for smoke tests and ``bench/rest_latency.py``.
+
+The server needs the ``serving`` extra (``pip install dgml-tf[serving]``: scann,
+tensorflow-serving-api); the client needs nothing beyond the standard library.
+"""

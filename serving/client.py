@@ -1,0 +1,174 @@
+"""A stdlib-only client of the REST service (and of any TF Serving REST endpoint).
+
+Library:
+    >>> client = RetrievalClient("http://127.0.0.1:8501", "dgml_retrieval")  # doctest: +SKIP
+    >>> client.neighbours([open("query.jpg", "rb").read()], k=5)[0][0]
+    Neighbour(rank=1, id='test/17', label=3, path='...', score=0.93)
+
+Command line:
+    python -m serving.client --url http://127.0.0.1:8501 --model dgml_retrieval q1.jpg q2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, Optional, Sequence
+
+
+class ServingClientError(RuntimeError):
+    """A failed call: ``status`` is the HTTP status (None when the server was not reached)."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbour:
+    """One retrieved gallery item."""
+
+    rank: int
+    id: str
+    label: int
+    path: str
+    score: float
+
+
+class RetrievalClient:
+    """Talks to one model of a TF Serving-style REST server.
+
+    Args:
+        url: server root, e.g. ``http://127.0.0.1:8501``.
+        model: model name, e.g. ``dgml_retrieval`` (or the embedder ``dgml`` for :meth:`embed`).
+        version: pin a version (mutually exclusive with ``label``).
+        label: pin a version label such as ``stable``.
+        timeout: seconds per call.
+    """
+
+    def __init__(self, url: str, model: str, version: Optional[int] = None,
+                 label: Optional[str] = None, timeout: float = 60.0):
+        if version is not None and label is not None:
+            raise ValueError("Pass either version or label, not both.")
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.model_url = f"{self.url}/v1/models/{model}"
+        if version is not None:
+            self.model_url += f"/versions/{int(version)}"
+        elif label is not None:
+            self.model_url += f"/labels/{label}"
+
+    def status(self) -> dict:
+        """The model's ``model_version_status`` answer."""
+        return self._call("GET", self.model_url)
+
+    def metadata(self) -> dict:
+        """The model's signature defs (TF Serving's metadata answer)."""
+        return self._call("GET", self.model_url + "/metadata")
+
+    def predict(self, body: dict) -> dict:
+        """A raw ``:predict`` call with a ready-made body."""
+        return self._call("POST", self.model_url + ":predict", body)
+
+    def neighbours(self, image_bytes_list: Sequence[bytes], k: int = 5, group: Optional[int] = None,
+                   return_attention: bool = False) -> Any:
+        """Top-k neighbours of each encoded image (a list of :class:`Neighbour` lists).
+
+        With ``return_attention`` the answer is ``(neighbours, attention)``, attention being the
+        query's per-group maps as nested lists (one ``[K][h][w]`` per query).
+        """
+        body: dict[str, Any] = {"instances": [_b64(b) for b in image_bytes_list], "k": k}
+        if group is not None:
+            body["group"] = group
+        if return_attention:
+            body["return_attention"] = True
+        rows = self.predict(body)["predictions"]
+        found = [
+            [Neighbour(rank + 1, row["ids"][rank], int(row["labels"][rank]), row["paths"][rank],
+                       float(row["scores"][rank])) for rank in range(len(row["ids"]))]
+            for row in rows
+        ]
+        if return_attention:
+            return found, [row["attention"] for row in rows]
+        return found
+
+    def embed(self, image_bytes_list: Sequence[bytes]) -> list[dict]:
+        """Embedder outputs (``embedding``, ``group_embeddings``, ``attention``) per image.
+
+        Use with the embedder model name (``RetrievalClient(url, "dgml").embed(...)``).
+        """
+        rows = self.predict({"instances": [_b64(b) for b in image_bytes_list]})["predictions"]
+        return [row if isinstance(row, dict) else {"embedding": row} for row in rows]
+
+    def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", "replace")[:500]
+            raise ServingClientError(f"{method} {url} -> HTTP {error.code}: {message}",
+                                     status=error.code) from None
+        except urllib.error.URLError as error:
+            raise ServingClientError(
+                f"cannot reach {self.url} ({error.reason}); is the server running "
+                "(python -m serving.server ...) and the URL right?") from None
+        except (ConnectionError, TimeoutError) as error:
+            raise ServingClientError(f"connection to {self.url} failed: {error}") from None
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
+
+
+def format_table(paths: Sequence[str], results: Sequence[Sequence[Neighbour]]) -> str:
+    """Neighbours as a plain-text table, one block per query."""
+    lines = []
+    for query, neighbours in zip(paths, results):
+        lines.append(f"query: {query}")
+        lines.append(f"  {'rank':>4}  {'score':>8}  {'label':>6}  {'id':<24} path")
+        for n in neighbours:
+            lines.append(f"  {n.rank:>4}  {n.score:>8.4f}  {n.label:>6}  {n.id:<24} {n.path}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.client",
+                                     description="Query the retrieval service with image files.")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    parser.add_argument("--url", default="http://127.0.0.1:8501")
+    parser.add_argument("--model", default="dgml_retrieval")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--group", type=int, default=None, help="search one group (aspect) only")
+    args = parser.parse_args(argv)
+    try:
+        payloads = []
+        for path in args.images:
+            with open(path, "rb") as handle:
+                payloads.append(handle.read())
+    except OSError as error:
+        print(f"serving.client: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
+        results = RetrievalClient(args.url, args.model).neighbours(payloads, k=args.k, group=args.group)
+    except ServingClientError as error:
+        print(f"serving.client: {error}", file=sys.stderr)
+        return 1
+    print(format_table(args.images, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The retrieval model: query images (or embeddings) in, top-k gallery neighbours out.
+
+It is served next to the embedder as ``<name>_retrieval`` and speaks the same TF Serving REST
+contract, with two signatures:
+
+* ``serving_default``: input ``image_bytes`` (DT_STRING [-1]) -> ``ids``, ``labels``, ``paths``,
+  ``scores`` (each [-1, k]) and, when the request sets ``"return_attention": true``, the query's
+  per-group ``attention`` maps [-1, K, h, w];
+* ``search_embedding``: input ``embedding`` (DT_FLOAT [-1, D]) -> the same minus attention.
+
+Request options sit beside ``signature_name`` in the body: ``"k"`` (default 5, capped at the
+gallery size), ``"group"`` (search one aspect: group index 0..K-1; default all groups) and
+``"return_attention"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from serving.embedders import Embedder
+from serving.errors import failed_precondition, invalid_argument
+from serving.servable import Servable
+from serving.signature_defs import make_signature_def, tensor_info
+
+IMAGE_SIGNATURE = "serving_default"
+EMBEDDING_SIGNATURE = "search_embedding"
+DEFAULT_K = 5
+OPTIONS = ("k", "group", "return_attention")
+
+
+class RetrievalServable(Servable):
+    """Embeds queries with ``embedder`` and searches ``index``.
+
+    Args:
+        name: the model name (``<embedder name>_retrieval`` by default in the server).
+        embedder: where query embeddings come from; its version is this servable's version.
+        index: a ``dgml_tf.indexing.RetrievalIndex`` built from the same embedder version.
+
+    Example:
+        >>> retrieval = RetrievalServable("dgml_retrieval", embedder, index)  # doctest: +SKIP
+        >>> retrieval.run("serving_default", {"image_bytes": images}, {"k": 3})["ids"]
+    """
+
+    def __init__(self, name: str, embedder: Embedder, index):
+        super().__init__(name, embedder.version)
+        if int(index.embedding_dim) != embedder.embedding_dim:
+            raise ValueError(
+                f"The index holds {index.embedding_dim}-d embeddings but embedder version "
+                f"{embedder.version} outputs {embedder.embedding_dim}-d ones; rebuild the index "
+                "with this embedder version."
+            )
+        self.embedder = embedder
+        self.index = index
+        self._ids = np.asarray([str(i) for i in index.ids], dtype=object)
+        self._labels = np.asarray(index.labels, dtype=np.int64)
+        self._paths = np.asarray([str(p) for p in index.paths], dtype=object)
+        self._signature_defs = self._describe()
+
+    @property
+    def signature_defs(self) -> Mapping[str, Any]:
+        return self._signature_defs
+
+    def _describe(self) -> dict:
+        neighbours = {
+            "ids": tensor_info("ids", "DT_STRING", [-1, -1]),
+            "labels": tensor_info("labels", "DT_INT64", [-1, -1]),
+            "paths": tensor_info("paths", "DT_STRING", [-1, -1]),
+            "scores": tensor_info("scores", "DT_FLOAT", [-1, -1]),
+        }
+        image_outputs = dict(neighbours)
+        if self.embedder.has_attention:
+            attention = self.embedder.image_signature.outputs["attention"]
+            image_outputs["attention"] = tensor_info(
+                "attention", "DT_FLOAT", [d.size for d in attention.tensor_shape.dim]
+            )
+        return {
+            IMAGE_SIGNATURE: make_signature_def(
+                {"image_bytes": tensor_info("image_bytes", "DT_STRING", [-1])}, image_outputs
+            ),
+            EMBEDDING_SIGNATURE: make_signature_def(
+                {"embedding": tensor_info("embedding", "DT_FLOAT", [-1, self.embedder.embedding_dim])},
+                neighbours,
+            ),
+        }
+
+    def run(self, signature_name, inputs, options) -> dict[str, np.ndarray]:
+        k, group, return_attention = self._options(options)
+        attention = None
+        if signature_name == IMAGE_SIGNATURE:
+            if return_attention and not self.embedder.has_attention:
+                raise failed_precondition(
+                    "return_attention: this embedder has a baseline head without attention maps."
+                )
+            embedded = self.embedder.embed_images(inputs["image_bytes"])
+            queries = embedded["embedding"]
+            attention = embedded.get("attention") if return_attention else None
+        else:
+            if return_attention:
+                raise invalid_argument(
+                    "return_attention needs image queries (signature 'serving_default' with "
+                    "'image_bytes'); an embedding query has no attention maps."
+                )
+            queries = inputs["embedding"]
+        indices, scores = self.index.search(np.asarray(queries, np.float32), k, group=group)
+        indices = np.asarray(indices, dtype=np.int64)
+        outputs = {
+            "ids": self._ids[indices],
+            "labels": self._labels[indices],
+            "paths": self._paths[indices],
+            "scores": np.asarray(scores, dtype=np.float32),
+        }
+        if attention is not None:
+            outputs["attention"] = np.asarray(attention, dtype=np.float32)
+        return outputs
+
+    def _options(self, options: Mapping[str, Any]) -> tuple[int, int | None, bool]:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise invalid_argument(
+                f"Unknown request key(s) {unknown} for the retrieval model; it accepts "
+                f"'signature_name', 'instances' or 'inputs', and the options {list(OPTIONS)}."
+            )
+        k = options.get("k", DEFAULT_K)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise invalid_argument(f"'k' must be a positive integer, got {k!r}.")
+        group = options.get("group")
+        num_groups = int(self.index.num_groups)
+        if group is not None and (
+            isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < num_groups
+        ):
+            raise invalid_argument(
+                f"'group' must be an integer in [0, {num_groups - 1}] (the index has {num_groups} "
+                f"groups) or null for the full embedding, got {group!r}."
+            )
+        return_attention = options.get("return_attention", False)
+        if not isinstance(return_attention, bool):
+            raise invalid_argument(f"'return_attention' must be true or false, got {return_attention!r}.")
+        # A k above the gallery size returns the whole gallery, ranked.
+        return min(k, len(self._ids)), group, return_attention
