@@ -29,6 +29,7 @@ def _reset_keras_state():
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
-    keras.backend.clear_session()
+    # free_memory=False skips a full gc.collect() (~1.3 s per test with TF loaded).
+    keras.backend.clear_session(free_memory=False)
     yield
     keras.mixed_precision.set_global_policy("float32")
