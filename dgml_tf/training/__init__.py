@@ -1,0 +1,37 @@
+"""Training core: the metric-learning model, parameter-group optimizers, distribution.
+
+* :class:`MetricLearningModel` — ``fit``/``evaluate``/``predict`` with a metric loss whose pairs
+  span replicas under ``tf.distribute`` (exact single-device gradients on the global batch).
+* :func:`build_grouped_optimizer`, :class:`GroupConfig`, :class:`StepSchedule`,
+  :class:`GroupedOptimizer`, :class:`CoupledWeightDecayAdam` — per-group learning rates,
+  schedules and (coupled or decoupled) weight decay.
+* :func:`strategy_from_environment` and :class:`CustomLoopTrainer` (multi-worker training, where
+  ``model.fit`` fails on TF 2.20).
+* :func:`step_seed`, :func:`set_global_seed` — reproducible, resumable randomness.
+"""
+
+from dgml_tf.training.custom_loop import CustomLoopTrainer
+from dgml_tf.training.distribute import strategy_from_environment
+from dgml_tf.training.grouped_optimizer import CoupledWeightDecayAdam, GroupedOptimizer
+from dgml_tf.training.metric_model import MetricLearningModel
+from dgml_tf.training.parameter_groups import (
+    LOSS_GROUP,
+    GroupConfig,
+    StepSchedule,
+    build_grouped_optimizer,
+)
+from dgml_tf.training.seeding import set_global_seed, step_seed
+
+__all__ = [
+    "LOSS_GROUP",
+    "CoupledWeightDecayAdam",
+    "CustomLoopTrainer",
+    "GroupConfig",
+    "GroupedOptimizer",
+    "MetricLearningModel",
+    "StepSchedule",
+    "build_grouped_optimizer",
+    "set_global_seed",
+    "step_seed",
+    "strategy_from_environment",
+]
