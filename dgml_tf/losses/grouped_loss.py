@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from dgml_tf.losses.grouped_inputs import check_same_batch, standardize_groups, standardize_labels
@@ -42,14 +44,26 @@ class GroupedMetricLoss(keras.losses.Loss):
             )
         self.num_groups = num_groups
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, seed=None):
+        """The mean over groups of :meth:`group_loss`.
+
+        ``seed`` (optional stateless int ``(2,)`` seed) reaches losses that sample (their
+        ``group_loss`` takes a ``seed`` argument), split into one independent seed per group.
+        """
         loss_name = type(self).__name__
         labels = standardize_labels(y_true, loss_name)
         groups = standardize_groups(y_pred, loss_name, self.num_groups)
         check_same_batch(labels, groups, loss_name)
-        per_group = [
-            self.group_loss(labels, groups[:, k, :], k) for k in range(groups.shape[1])
-        ]
+        num_groups = groups.shape[1]
+        group_seeds = [None] * num_groups
+        if seed is not None and "seed" in inspect.signature(self.group_loss).parameters:
+            group_seeds = tf.unstack(
+                tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=num_groups)
+            )
+        per_group = []
+        for k in range(num_groups):
+            kwargs = {} if group_seeds[k] is None else {"seed": group_seeds[k]}
+            per_group.append(self.group_loss(labels, groups[:, k, :], k, **kwargs))
         return ops.mean(ops.stack(per_group))
 
     def group_loss(self, labels, embeddings, group_index: int):

@@ -101,9 +101,9 @@ class MarginLoss(GroupedMetricLoss):
     def trainable_variables(self) -> list:
         return self.class_betas.trainable_variables
 
-    def group_loss(self, labels, embeddings, group_index: int):
+    def group_loss(self, labels, embeddings, group_index: int, seed=None):
         unit = unit_vectors(embeddings)
-        triplets = self.miner(unit, labels)
+        triplets = self.miner(unit, labels, seed=seed)
         d_ap = safe_sqrt(ops.sum(ops.square(unit - ops.take(unit, triplets.positives, axis=0)), -1))
         d_an = safe_sqrt(ops.sum(ops.square(unit - ops.take(unit, triplets.negatives, axis=0)), -1))
         beta = self.class_betas.for_labels(labels, group_index)

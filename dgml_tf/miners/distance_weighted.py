@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from dgml_tf.miners.pairwise import pair_masks, pairwise_squared_distances, safe_sqrt
@@ -39,7 +40,10 @@ class DistanceWeightedMiner(TripletMiner):
 
     Distances are computed without gradient. Sampling uses Keras' stateless random ops with a
     :class:`keras.random.SeedGenerator`, so a given ``seed`` reproduces the same draws (also
-    inside ``tf.function``/XLA). Create the miner inside ``strategy.scope()`` when training
+    inside ``tf.function``/XLA). A per-call stateless ``seed`` tensor (what
+    :class:`dgml_tf.training.MetricLearningModel` passes, derived from its seed and the step)
+    overrides the generator: the draws of a step then never depend on earlier steps, so a
+    resumed run equals an uninterrupted one. Create the miner inside ``strategy.scope()`` when training
     under a ``tf.distribute`` strategy (the seed state is a variable).
 
     Args:
@@ -104,7 +108,12 @@ class DistanceWeightedMiner(TripletMiner):
         logits = ops.where(ops.expand_dims(has_negative, 1), logits, 0.0)
         return logits, has_negative
 
-    def mine(self, embeddings, labels) -> Triplets:
+    def _draw(self, logits, seed):
+        if seed is None:
+            return keras.random.categorical(logits, 1, seed=self.seed_generator)[:, 0]
+        return tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
+
+    def mine(self, embeddings, labels, seed=None) -> Triplets:
         labels = ops.cast(labels, "int32")
         anchors = ops.arange(ops.shape(labels)[0], dtype="int32")
         positive, _ = pair_masks(labels)
@@ -113,12 +122,13 @@ class DistanceWeightedMiner(TripletMiner):
         positive_logits = ops.where(ops.expand_dims(has_positive, 1), positive_logits, 0.0)
         negative_logits, has_negative = self.negative_logits(embeddings, labels)
 
-        positives = ops.cast(
-            keras.random.categorical(positive_logits, 1, seed=self.seed_generator)[:, 0], "int32"
-        )
-        negatives = ops.cast(
-            keras.random.categorical(negative_logits, 1, seed=self.seed_generator)[:, 0], "int32"
-        )
+        positive_seed = negative_seed = None
+        if seed is not None:
+            positive_seed, negative_seed = tf.unstack(
+                tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+            )
+        positives = ops.cast(self._draw(positive_logits, positive_seed), "int32")
+        negatives = ops.cast(self._draw(negative_logits, negative_seed), "int32")
         valid = ops.logical_and(has_positive, has_negative)
         return Triplets(
             positives=ops.where(valid, positives, anchors),

@@ -30,17 +30,22 @@ class TripletMiner:
     propagate gradients: they only choose indices.
     """
 
-    def __call__(self, embeddings, labels) -> Triplets:
+    def __call__(self, embeddings, labels, seed=None) -> Triplets:
         """Mines triplets.
 
         Args:
             embeddings: float ``(B, n)`` unit vectors.
             labels: int ``(B,)`` class ids.
+            seed: optional stateless seed (int ``(2,)`` tensor). Given, the draws are a pure
+                function of it (a resumed run re-draws exactly what the interrupted one did);
+                None uses the miner's own seed generator.
         """
-        return self.mine(embeddings, labels)
+        return self.mine(embeddings, labels, seed=seed)
 
-    def mine(self, embeddings, labels) -> Triplets:
-        raise NotImplementedError(f"{type(self).__name__} must implement mine(embeddings, labels).")
+    def mine(self, embeddings, labels, seed=None) -> Triplets:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement mine(embeddings, labels, seed=None)."
+        )
 
     def get_config(self) -> dict:
         return {}
