@@ -1,0 +1,311 @@
+"""Command-line flags of the CLIs and their validation, shared by ``train`` and ``evaluate``.
+
+The flags are defined in groups (data, model, training, output) so each CLI defines only what it
+uses and no definition is copied between CLIs. Validation is plain Python over a flag-name ->
+value mapping and never imports TensorFlow: a bad command fails in well under a second, before
+any dataset is read or model built, with a message that names the problem and the fix.
+
+Example:
+    >>> from absl import flags as absl_flags
+    >>> from dgml_tf import flags
+    >>> values = absl_flags.FlagValues()
+    >>> flags.define_data_flags(values)
+    >>> flags.define_model_flags(values)
+    >>> flags.define_training_flags(values)
+    >>> _ = values(["train", "--dataset=fashion_mnist", "--num_groups=4", "--embedding_dim=128"])
+    >>> flags.validate_training_flags(values.flag_values_dict())
+    []
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Mapping, Optional
+
+from absl import flags as absl_flags
+
+DATASETS = ("cub", "cars196", "sop", "inshop", "fashion_mnist", "glyphs")
+# Datasets read from files under --data_dir; the others are generated or shipped in memory.
+ON_DISK_DATASETS = ("cub", "cars196", "sop", "inshop")
+# Datasets evaluated as query vs gallery instead of each test item against all the others.
+QUERY_GALLERY_DATASETS = ("inshop",)
+BACKBONES = ("resnet50", "small_cnn", "mobilenet_v2")
+HEADS = ("attentive", "grouping", "single")
+LOSSES = ("margin", "binomial", "contrastive", "multisimilarity")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+# Flag value -> key of dgml_tf.evaluation.evaluate_retrieval's result.
+SELECTION_METRICS = {"map_at_r": "map@r", "recall_at_1": "recall@1"}
+NAMED_WEIGHTS = ("imagenet", "torchvision", "none")
+AUGMENTATIONS = ("auto", "crop_flip", "small_shift", "none")
+GROUP_NAMES = ("backbone", "key_value", "queries", "beta")
+
+
+class FlagValidationError(ValueError):
+    """Raised when flag values cannot work together; the message names each problem and fix."""
+
+
+def define_data_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    """Flags that choose a dataset and its splits (train and evaluate)."""
+    absl_flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to train/evaluate on.",
+                           flag_values=values)
+    absl_flags.DEFINE_string("data_dir", None, "Root directory of an on-disk dataset (required for "
+                             + ", ".join(ON_DISK_DATASETS) + ").", flag_values=values)
+    absl_flags.DEFINE_float("val_classes", None, "Training classes held out as the validation "
+                            "split (model selection): a fraction in (0, 1) or a count; 0 means no "
+                            "validation (the last epoch is kept). Unset: the reader's default.",
+                            flag_values=values)
+    absl_flags.DEFINE_integer("image_size", 224, "Side of the square crop fed to the model.",
+                              flag_values=values)
+    absl_flags.DEFINE_integer("resize_size", 256, "Test-time resize before the centre crop.",
+                              flag_values=values)
+    absl_flags.DEFINE_integer("eval_batch_size", 64, "Batch size when embedding evaluation splits.",
+                              flag_values=values)
+    absl_flags.DEFINE_integer("seed", 0, "Seed of data splits, sampling, mining and init.",
+                              flag_values=values)
+
+
+def define_model_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    """Flags that define the embedding model."""
+    absl_flags.DEFINE_enum("backbone", "resnet50", BACKBONES, "CNN backbone.", flag_values=values)
+    absl_flags.DEFINE_string("weights", "imagenet", "Backbone initialisation: imagenet, "
+                             "torchvision (mobilenet_v2, offline), none, or a weights file path.",
+                             flag_values=values)
+    absl_flags.DEFINE_enum("head", "attentive", HEADS, "Embedding head: attentive grouping, "
+                           "conventional grouping, or a single embedding.", flag_values=values)
+    absl_flags.DEFINE_integer("num_groups", 3, "Number of groups K.", flag_values=values)
+    absl_flags.DEFINE_integer("embedding_dim", 512, "Embedding size D; each group has D // K dims.",
+                              flag_values=values)
+    absl_flags.DEFINE_integer("reduction", 8, "Key channel reduction r (keys have C / r channels).",
+                              flag_values=values)
+    absl_flags.DEFINE_bool("projection", False, "Shared d x d projection after aggregation.",
+                           flag_values=values)
+    absl_flags.DEFINE_bool("freeze_bn", True, "Freeze BatchNorm statistics of the backbone.",
+                           flag_values=values)
+
+
+def define_training_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    """Flags of the optimisation recipe, sampling, losses and run control."""
+    absl_flags.DEFINE_enum("loss", "margin", LOSSES, "Embedding loss (applied per group).",
+                           flag_values=values)
+    absl_flags.DEFINE_float("lambda_div", 0.02, "Weight of the diversity loss.", flag_values=values)
+    absl_flags.DEFINE_float("margin", 0.2, "Margin of the margin loss.", flag_values=values)
+    absl_flags.DEFINE_float("beta_init", 1.2, "Initial learnable boundary beta of the margin loss.",
+                            flag_values=values)
+    absl_flags.DEFINE_integer("epochs", 100, "Training epochs.", flag_values=values)
+    absl_flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default: training images "
+                              "// batch size.", flag_values=values)
+    absl_flags.DEFINE_integer("classes_per_batch", 56, "P: classes per batch.", flag_values=values)
+    absl_flags.DEFINE_integer("images_per_class", 2, "K images per class in a batch.",
+                              flag_values=values)
+    absl_flags.DEFINE_bool("sample_with_replacement", True, "Draw a class's images with "
+                           "replacement (as the authors' sampler).", flag_values=values)
+    absl_flags.DEFINE_enum("augmentation", "auto", AUGMENTATIONS, "Training augmentation; auto: "
+                           "random resized crop + flip for photos, small shifts for 28 px sets.",
+                           flag_values=values)
+    for group, lr, wd in (("backbone", 1e-5, 0.003), ("key_value", 1e-5, 0.003),
+                          ("queries", 1e-5, 0.001)):
+        absl_flags.DEFINE_float(f"lr_{group}", lr, f"Learning rate of the {group} parameters.",
+                                flag_values=values)
+        absl_flags.DEFINE_float(f"wd_{group}", wd, f"Weight decay of the {group} parameters.",
+                                flag_values=values)
+    absl_flags.DEFINE_float("lr_beta", 5e-5, "Learning rate of the margin loss betas (no decay).",
+                            flag_values=values)
+    absl_flags.DEFINE_bool("decoupled_weight_decay", False, "AdamW-style decoupled decay instead "
+                           "of Adam's coupled L2 (the authors' form).", flag_values=values)
+    absl_flags.DEFINE_list("lr_decay_epochs", ["55"], "Epochs after which lr is multiplied by "
+                           "lr_decay_factor (comma-separated; empty for none).", flag_values=values)
+    absl_flags.DEFINE_float("lr_decay_factor", 0.3, "Step decay factor.", flag_values=values)
+    absl_flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "Keras dtype policy.",
+                           flag_values=values)
+    absl_flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.", flag_values=values)
+    absl_flags.DEFINE_integer("eval_max_per_class", None, "Validate and test on the first N "
+                              "images of each class only (quick runs; unset: the full protocol).",
+                              flag_values=values)
+    absl_flags.DEFINE_integer("eval_every", 1, "Validate every N epochs (and after the last).",
+                              flag_values=values)
+    absl_flags.DEFINE_enum("selection_metric", "map_at_r", tuple(SELECTION_METRICS),
+                           "Validation metric that picks the best checkpoint.", flag_values=values)
+    absl_flags.DEFINE_integer("num_replicas", None, "Expected number of replicas (devices x "
+                              "workers) for the early batch check; detected after start-up if "
+                              "unset.", flag_values=values)
+
+
+def define_output_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+    """Flags of the run directory and its logs."""
+    absl_flags.DEFINE_string("output_dir", None, "Run directory (checkpoints, best.keras, logs).",
+                             flag_values=values)
+    absl_flags.DEFINE_bool("resume", True, "Continue from the run directory's last checkpoint if "
+                           "there is one; --noresume starts over.", flag_values=values)
+    absl_flags.DEFINE_integer("num_attention_images", 4, "Validation images whose attention maps "
+                              "go to TensorBoard (0: none).", flag_values=values)
+    absl_flags.DEFINE_integer("projector_max_points", 2000, "Test embeddings written to the "
+                              "TensorBoard projector (0: none).", flag_values=values)
+    absl_flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 one line/epoch.",
+                              flag_values=values)
+
+
+def group_dim(embedding_dim: int, num_groups: int) -> int:
+    """Per-group dimension d = D // K (the retrieval embedding has K * d dims)."""
+    return embedding_dim // num_groups
+
+
+def check_weights(weights: str, backbone: str) -> Optional[str]:
+    """Returns an error for a --weights value that cannot load for --backbone, else None."""
+    if weights in NAMED_WEIGHTS:
+        if weights == "torchvision" and backbone != "mobilenet_v2":
+            return (f"--weights=torchvision exists only for --backbone=mobilenet_v2 (got "
+                    f"--backbone={backbone}); use --weights=imagenet, none or a weights file.")
+        if weights == "imagenet" and backbone == "small_cnn":
+            return ("--backbone=small_cnn has no ImageNet weights; use --weights=none.")
+        return None
+    if not os.path.exists(weights):
+        return (f"--weights={weights!r} is neither one of {', '.join(NAMED_WEIGHTS)} nor an "
+                "existing file; give a valid path or a named initialisation.")
+    return None
+
+
+def validate_training_flags(values: Mapping[str, object],
+                            num_replicas: Optional[int] = None) -> List[str]:
+    """All problems of a training configuration, as messages naming the fix (empty if none).
+
+    Args:
+        values: flag name -> value (``FLAGS.flag_values_dict()``).
+        num_replicas: replicas the global batch is split over; defaults to ``--num_replicas``.
+            Checked again once the distribution strategy exists.
+
+    Returns:
+        A list of error messages; warnings are available from :func:`training_warnings`.
+    """
+    errors: List[str] = []
+    get = values.get
+    k, dim = get("num_groups"), get("embedding_dim")
+    if k is not None and k < 1:
+        errors.append(f"--num_groups={k} must be >= 1 (the paper uses 3).")
+    elif k is not None and dim is not None:
+        if dim < k:
+            errors.append(f"--embedding_dim={dim} is smaller than --num_groups={k}: each group "
+                          f"would have D // K = {group_dim(dim, k)} dims. Use --embedding_dim >= "
+                          f"{2 * k} (e.g. 512 with K=3 gives 170 per group).")
+        elif group_dim(dim, k) < 2:
+            errors.append(f"--embedding_dim={dim} with --num_groups={k} gives D // K = "
+                          f"{group_dim(dim, k)} dim per group; unit vectors of 1 dim are only "
+                          f"+-1. Use --embedding_dim >= {2 * k}.")
+    if get("head") == "single" and k not in (None, 1):
+        errors.append(f"--head=single has exactly one embedding, but --num_groups={k}; pass "
+                      "--num_groups=1 (or choose --head=attentive/grouping).")
+    if get("reduction") is not None and get("reduction") < 1:
+        errors.append(f"--reduction={get('reduction')} must be >= 1 (the paper uses 8).")
+
+    dataset = get("dataset")
+    data_dir = get("data_dir")
+    if dataset in ON_DISK_DATASETS:
+        if not data_dir:
+            errors.append(f"--dataset={dataset} is read from disk: pass --data_dir=<directory "
+                          f"holding the extracted {dataset} files>.")
+        elif not os.path.isdir(data_dir):
+            errors.append(f"--data_dir={data_dir!r} does not exist or is not a directory; point "
+                          f"it at the extracted {dataset} dataset.")
+    elif data_dir and not os.path.isdir(data_dir):
+        errors.append(f"--data_dir={data_dir!r} does not exist; create it or leave it unset.")
+
+    p, m = get("classes_per_batch"), get("images_per_class")
+    if p is not None and p < 2:
+        errors.append(f"--classes_per_batch={p}: a batch needs >= 2 classes to have negatives.")
+    if m is not None and m < 2:
+        errors.append(f"--images_per_class={m}: a batch needs >= 2 images per class to have "
+                      "positives.")
+    replicas = num_replicas if num_replicas is not None else get("num_replicas")
+    if replicas is not None and p and m and p >= 1 and m >= 1:
+        if replicas < 1:
+            errors.append(f"--num_replicas={replicas} must be >= 1.")
+        elif (p * m) % replicas:
+            errors.append(f"The global batch --classes_per_batch x --images_per_class = {p} x {m} "
+                          f"= {p * m} is not divisible by the {replicas} replicas; pick "
+                          f"classes_per_batch so that P x K is a multiple of {replicas} (e.g. "
+                          f"--classes_per_batch={_round_up_batch(p, m, replicas)}).")
+
+    size, resize = get("image_size"), get("resize_size")
+    if size is not None and size < 8:
+        errors.append(f"--image_size={size} is too small; use >= 8 (224 for ResNet50).")
+    if size is not None and resize is not None and resize < size:
+        errors.append(f"--resize_size={resize} is smaller than --image_size={size}; the centre "
+                      f"crop needs resize_size >= image_size (e.g. {round(size * 256 / 224)}).")
+    for name in ("epochs", "eval_every", "eval_batch_size", "eval_max_per_class"):
+        if get(name) is not None and get(name) < 1:
+            errors.append(f"--{name}={get(name)} must be >= 1.")
+    if get("steps_per_epoch") is not None and get("steps_per_epoch") < 1:
+        errors.append(f"--steps_per_epoch={get('steps_per_epoch')} must be >= 1 (or unset).")
+    val = get("val_classes")
+    if val is not None and (val < 0 or (val >= 1 and not float(val).is_integer())):
+        errors.append(f"--val_classes={val} must be 0 (no validation), a fraction in (0, 1) or "
+                      "a whole number of classes.")
+    for group in GROUP_NAMES:
+        lr = get(f"lr_{group}")
+        if lr is not None and not lr > 0:
+            errors.append(f"--lr_{group}={lr} must be > 0.")
+        wd = get(f"wd_{group}")
+        if wd is not None and wd < 0:
+            errors.append(f"--wd_{group}={wd} must be >= 0.")
+    if get("lambda_div") is not None and get("lambda_div") < 0:
+        errors.append(f"--lambda_div={get('lambda_div')} must be >= 0.")
+    factor = get("lr_decay_factor")
+    if factor is not None and not 0 < factor <= 1:
+        errors.append(f"--lr_decay_factor={factor} must be in (0, 1].")
+    try:
+        decay_epochs(values)
+    except FlagValidationError as error:
+        errors.append(str(error))
+    weights, backbone = get("weights"), get("backbone")
+    if weights is not None and backbone is not None:
+        problem = check_weights(weights, backbone)
+        if problem:
+            errors.append(problem)
+    return errors
+
+
+def training_warnings(values: Mapping[str, object]) -> List[str]:
+    """Advisory messages: valid settings that are likely unintended or slow."""
+    warnings: List[str] = []
+    k, dim = values.get("num_groups"), values.get("embedding_dim")
+    if k and dim and k >= 1 and dim >= k and dim % k:
+        warnings.append(f"--embedding_dim={dim} is not divisible by --num_groups={k}: each group "
+                        f"gets D // K = {dim // k} dims, so the embedding has {k * (dim // k)} "
+                        "dims (the paper's 512 / 3 -> 510 behaves the same way).")
+    if values.get("val_classes") == 1:
+        warnings.append("--val_classes=1: a validation split of one class ranks every item as "
+                        "relevant, so its metrics are always 100% and cannot select a model; use "
+                        ">= 2 classes or 0.")
+    if values.get("mixed_precision") == "mixed_bfloat16":
+        warnings.append("--mixed_precision=mixed_bfloat16 is slow without bfloat16 hardware "
+                        "(CPUs without AMX/AVX512-BF16, most GPUs before Ampere); use none or "
+                        "mixed_float16 there.")
+    return warnings
+
+
+def decay_epochs(values: Mapping[str, object]) -> List[int]:
+    """The --lr_decay_epochs as sorted positive integers (raises FlagValidationError)."""
+    raw = values.get("lr_decay_epochs") or []
+    try:
+        epochs = sorted(int(str(e).strip()) for e in raw if str(e).strip())
+    except ValueError:
+        raise FlagValidationError(f"--lr_decay_epochs={','.join(map(str, raw))} must be "
+                                  "comma-separated integers (e.g. 55 or 100,150).") from None
+    if any(e < 1 for e in epochs):
+        raise FlagValidationError(f"--lr_decay_epochs={epochs} must be >= 1.")
+    return epochs
+
+
+def check_training_flags(values: Mapping[str, object],
+                         num_replicas: Optional[int] = None) -> List[str]:
+    """Raises FlagValidationError listing every problem; returns the warnings otherwise."""
+    errors = validate_training_flags(values, num_replicas)
+    if errors:
+        raise FlagValidationError("Invalid flags:\n  - " + "\n  - ".join(errors))
+    return training_warnings(values)
+
+
+def _round_up_batch(p: int, m: int, replicas: int) -> int:
+    candidate = p
+    while (candidate * m) % replicas:
+        candidate += 1
+    return candidate

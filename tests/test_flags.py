@@ -1,0 +1,220 @@
+"""Flag validation, bundled flagfile resolution and the recipe flagfiles (no TensorFlow needed)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags as absl_flags
+
+from dgml_tf import flagfiles
+from dgml_tf import flags as dgml_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _values(*argv):
+    """Parses argv with fresh FlagValues holding every training flag; returns a plain dict."""
+    values = absl_flags.FlagValues()
+    dgml_flags.define_data_flags(values)
+    dgml_flags.define_model_flags(values)
+    dgml_flags.define_training_flags(values)
+    dgml_flags.define_output_flags(values)
+    values(["train", *flagfiles.resolve_flagfile_args(["train", *argv])[1:]])
+    return values.flag_values_dict()
+
+
+def _errors(*argv, num_replicas=None):
+    return dgml_flags.validate_training_flags(_values(*argv), num_replicas)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+def test_a_valid_small_config_has_no_errors():
+    assert _errors("--dataset=fashion_mnist", "--backbone=small_cnn", "--weights=none") == []
+
+
+def test_zero_groups_is_rejected():
+    (error,) = _errors("--dataset=fashion_mnist", "--num_groups=0")
+    assert "--num_groups=0" in error and ">= 1" in error
+
+
+def test_embedding_smaller_than_groups_names_group_dim():
+    (error,) = _errors("--dataset=fashion_mnist", "--num_groups=8", "--embedding_dim=4")
+    assert "D // K = 0" in error and "--embedding_dim >= 16" in error
+
+
+def test_one_dim_groups_are_rejected():
+    (error,) = _errors("--dataset=fashion_mnist", "--num_groups=3", "--embedding_dim=5")
+    assert "D // K = 1" in error
+
+
+def test_indivisible_embedding_dim_warns_with_effective_size():
+    values = _values("--dataset=fashion_mnist", "--num_groups=3", "--embedding_dim=512")
+    assert dgml_flags.validate_training_flags(values) == []
+    (warning,) = dgml_flags.training_warnings(values)
+    assert "170" in warning and "510" in warning
+
+
+def test_on_disk_dataset_without_data_dir():
+    (error,) = _errors("--dataset=cub")
+    assert "--data_dir" in error and "cub" in error
+
+
+def test_missing_data_dir(tmp_path):
+    missing = str(tmp_path / "nope")
+    (error,) = _errors("--dataset=sop", f"--data_dir={missing}")
+    assert missing in error and "does not exist" in error
+
+
+def test_batch_not_divisible_by_replicas_suggests_a_fix():
+    (error,) = _errors("--dataset=fashion_mnist", "--classes_per_batch=5",
+                       "--images_per_class=3", num_replicas=2)
+    assert "15" in error and "2 replicas" in error and "--classes_per_batch=6" in error
+    assert _errors("--dataset=fashion_mnist", "--classes_per_batch=4", "--images_per_class=3",
+                   num_replicas=2) == []
+
+
+def test_num_replicas_flag_is_used_for_the_early_check():
+    (error,) = _errors("--dataset=fashion_mnist", "--classes_per_batch=3",
+                       "--images_per_class=3", "--num_replicas=4")
+    assert "4 replicas" in error
+
+
+def test_single_head_needs_one_group():
+    (error,) = _errors("--dataset=fashion_mnist", "--head=single", "--num_groups=3")
+    assert "--num_groups=1" in error
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (("--images_per_class=1",), "positives"),
+    (("--classes_per_batch=1",), "negatives"),
+    (("--image_size=224", "--resize_size=200"), "resize_size >= image_size"),
+    (("--lr_backbone=0",), "--lr_backbone=0.0 must be > 0"),
+    (("--wd_queries=-1",), "--wd_queries=-1.0 must be >= 0"),
+    (("--lr_decay_factor=1.5",), "(0, 1]"),
+    (("--lr_decay_epochs=a,3",), "comma-separated integers"),
+    (("--val_classes=2.5",), "whole number"),
+    (("--weights=torchvision",), "mobilenet_v2"),
+    (("--backbone=small_cnn", "--weights=imagenet"), "--weights=none"),
+    (("--weights=/no/such/file.h5",), "neither"),
+    (("--epochs=0",), "--epochs=0 must be >= 1"),
+])
+def test_bad_values_name_the_flag(argv, needle):
+    errors = _errors("--dataset=fashion_mnist", *argv)
+    assert len(errors) == 1 and needle in errors[0], errors
+
+
+def test_check_raises_with_every_problem():
+    values = _values("--dataset=cub", "--num_groups=0")
+    with pytest.raises(dgml_flags.FlagValidationError) as info:
+        dgml_flags.check_training_flags(values)
+    assert "--num_groups=0" in str(info.value) and "--data_dir" in str(info.value)
+
+
+def test_bf16_warns_that_it_is_slow():
+    warnings = dgml_flags.training_warnings({"mixed_precision": "mixed_bfloat16"})
+    assert any("slow" in w for w in warnings)
+
+
+def test_cli_rejects_bad_flags_before_importing_tensorflow(tmp_path):
+    # The CLI module is run in a fresh interpreter; after the usage error, TensorFlow and Keras
+    # must still be unimported (validation happens before any heavy import).
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['train', '--dataset=cub', '--num_groups=0']\n"
+        "try:\n"
+        "    runpy.run_module('dgml_tf.train', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print('EXIT', exit.code)\n"
+        "print('HEAVY', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    assert "EXIT 1" in result.stdout
+    assert "--num_groups=0" in result.stderr and "--data_dir" in result.stderr
+
+
+# --- flagfile resolution -------------------------------------------------------------------
+
+def test_bundled_flagfile_found_by_bare_name_from_another_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = os.path.join(REPO, "dgml_tf", "configs", "cub.flags")
+    for spelling in ("cub.flags", "cub", "configs/cub.flags"):
+        argv = flagfiles.resolve_flagfile_args(["train", f"--flagfile={spelling}", "--epochs=3"])
+        assert os.path.samefile(argv[1].split("=", 1)[1], expected)
+        assert argv[2] == "--epochs=3"
+    argv = flagfiles.resolve_flagfile_args(["train", "--flagfile", "sop.flags"])
+    assert argv[1] == "--flagfile" and argv[2].endswith(os.path.join("configs", "sop.flags"))
+
+
+def test_file_in_cwd_wins_over_bundled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cub.flags").write_text("--dataset=fashion_mnist\n")
+    argv = flagfiles.resolve_flagfile_args(["train", "--flagfile=cub.flags"])
+    assert os.path.samefile(argv[1].split("=", 1)[1], tmp_path / "cub.flags")
+    assert _values("--flagfile=cub.flags")["dataset"] == "fashion_mnist"
+
+
+def test_unknown_flagfile_lists_bundled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(flagfiles.UnknownFlagfileError) as info:
+        flagfiles.resolve_flagfile_args(["train", "--flagfile=cubb.flags"])
+    message = str(info.value)
+    for name in ("cub", "cars196", "sop", "inshop", "fashion_mnist", "glyphs"):
+        assert name in message
+
+
+def test_command_line_overrides_flagfile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = _values("--flagfile=cub.flags", "--epochs=7", "--lambda_div=0.5")
+    assert values["epochs"] == 7 and values["lambda_div"] == 0.5
+    assert values["dataset"] == "cub"
+
+
+# --- the recipe flagfiles equal method.md's table --------------------------------------------
+
+# Typed from /work/shared/method.md, "Training recipe of the authors' code".
+RECIPE = {
+    #          epochs lr     wd_bb  wd_kv  wd_q   lr_beta lambda decay
+    "cub":     (100, 1e-5, 0.003, 0.003, 0.001, 5e-5, 0.02, 55),
+    "cars196": (200, 1e-5, 0.002, 0.002, 0.001, 5e-5, 0.01, 100),
+    "sop":     (150, 9e-6, 3e-4, 3e-4, 1e-4, 1e-5, 0.03, 100),
+    "inshop":  (150, 1e-5, 3e-4, 3e-4, 1e-4, 5e-5, 0.03, 100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE))
+def test_recipe_flagfiles_match_method_table(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    epochs, lr, wd_bb, wd_kv, wd_q, lr_beta, lambda_div, decay = RECIPE[name]
+    v = _values(f"--flagfile={name}.flags")
+    assert v["dataset"] == name
+    assert (v["backbone"], v["weights"], v["head"]) == ("resnet50", "imagenet", "attentive")
+    assert v["freeze_bn"] is True
+    assert (v["num_groups"], v["reduction"], v["embedding_dim"]) == (3, 8, 512)
+    assert (v["classes_per_batch"], v["images_per_class"]) == (56, 2)
+    assert v["classes_per_batch"] * v["images_per_class"] == 112
+    assert v["sample_with_replacement"] is True
+    assert (v["image_size"], v["resize_size"]) == (224, 256)
+    assert v["loss"] == "margin" and v["margin"] == 0.2 and v["beta_init"] == 1.2
+    assert v["epochs"] == epochs
+    assert v["lr_backbone"] == v["lr_key_value"] == v["lr_queries"] == lr
+    assert (v["wd_backbone"], v["wd_key_value"], v["wd_queries"]) == (wd_bb, wd_kv, wd_q)
+    assert v["lr_beta"] == lr_beta
+    assert v["lambda_div"] == lambda_div
+    assert dgml_flags.decay_epochs(v) == [decay] and v["lr_decay_factor"] == 0.3
+    assert v["decoupled_weight_decay"] is False
+    os.makedirs(tmp_path / "data")
+    v["data_dir"] = str(tmp_path / "data")
+    assert dgml_flags.validate_training_flags(v) == []
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_pretrained", "glyphs"])
+def test_small_flagfiles_are_valid(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    v = _values(f"--flagfile={name}")
+    assert dgml_flags.validate_training_flags(v) == []
+    if name != "fashion_mnist":
+        assert (v["backbone"], v["weights"]) == ("mobilenet_v2", "torchvision")
