@@ -1,0 +1,260 @@
+"""The main job, end to end, on the embedded Fashion-MNIST default.
+
+``python -m dgml_tf.main`` (what ``scripts/main.sh`` runs after setting up ``./.venv``):
+
+1. trains attentive grouping with ``dgml_tf/configs/fashion_mnist.flags`` (zero-shot: classes 0-4
+   train, 5-9 test), selecting the checkpoint on validation classes carved from 0-4;
+2. evaluates it on the unseen classes (concatenated embedding and each group alone) next to the
+   raw-pixel nearest-neighbour baseline;
+3. writes interpretation figures (per-group attention maps, a retrieval panel);
+4. exports the embedder for TF Serving (and ONNX) and builds the retrieval index of the test split;
+5. starts the REST service on a free localhost port, queries it with a few test images, prints
+   their neighbours, and stops the service;
+6. prints where every artifact is and a results table.
+
+Each stage is the same CLI a user runs (``python -m dgml_tf.train`` ...), in its own process, so
+the main job also checks that they compose. A stage whose output already exists is reused unless
+``--fresh`` is given (a re-run after an interruption continues where it stopped).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "outputs/main", "Where every artifact goes.")
+flags.DEFINE_string("flagfile_name", "fashion_mnist.flags", "Bundled training flagfile.")
+flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: the Debian package's).")
+flags.DEFINE_integer("num_queries", 4, "Test images sent to the REST service.")
+flags.DEFINE_integer("top_k", 5, "Neighbours printed per query.")
+flags.DEFINE_boolean("fresh", False, "Redo every stage even if its output exists.")
+flags.DEFINE_list("train_args", [], "Extra flags for dgml_tf.train, e.g. epochs=1,steps_per_epoch=5.")
+
+MODEL_NAME = "dgml"
+
+
+def _stage(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def _run(module: str, *args: str) -> None:
+    """Runs ``python -m module args`` and fails loudly with its exit code."""
+    cmd = [sys.executable, "-m", module, *args]
+    print("$ " + " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"Stage `{module}` failed with exit code {result.returncode}; its output "
+                         "is above. Fix the cause and run the main job again: finished stages are "
+                         "reused.")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"The REST service exited with code {process.returncode} at start; "
+                             "its log is above.")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"The REST service did not answer {url} within {timeout:.0f} s.")
+
+
+def _png_bytes(image) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.squeeze()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _raw_pixel_baseline(splits) -> dict:
+    """Cosine nearest neighbours on raw pixels of the test split (the bar to beat)."""
+    import numpy as np
+
+    from dgml_tf.evaluation import evaluate_retrieval
+
+    rows = np.asarray([r.source for r in splits.test])
+    pixels = splits.arrays[rows].reshape(len(rows), -1).astype(np.float32)
+    labels = np.asarray([r.label for r in splits.test])
+    return evaluate_retrieval(pixels, labels, recall_ks=(1, 2, 4, 8), compute_nmi=True)
+
+
+def _latest_version(base: str) -> str:
+    versions = sorted(int(v) for v in os.listdir(base) if v.isdigit())
+    if not versions:
+        raise SystemExit(f"No exported version under {base}.")
+    return os.path.join(base, str(versions[-1]))
+
+
+def _query_service(splits, url: str, artifacts: dict) -> list:
+    """Sends a few test images to the retrieval model and prints their neighbours."""
+    import numpy as np
+
+    from serving.client import RetrievalClient
+
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(splits.test), size=FLAGS.num_queries, replace=False)
+    client = RetrievalClient(url, f"{MODEL_NAME}_retrieval")
+    queries = [splits.test[i] for i in picks]
+    images = [_png_bytes(splits.arrays[r.source]) for r in queries]
+    # One more than asked: the query itself is in the indexed test split; drop it by id.
+    found = client.neighbours(images, k=FLAGS.top_k + 1)
+    names = splits.class_names or {}
+    rows = []
+    for record, neighbours in zip(queries, found):
+        others = [n for n in neighbours if n.id != record.item_id][:FLAGS.top_k]
+        same = sum(n.label == record.label for n in others)
+        label = names.get(record.label, record.label)
+        print(f"query {record.item_id} ({label}): {same}/{len(others)} neighbours share its class")
+        for n in others:
+            print(f"   #{n.rank} {n.id:<14} {names.get(n.label, n.label)!s:<12} score {n.score:.3f}")
+        rows.append({"query": record.item_id, "label": int(record.label),
+                     "neighbours": [vars(n) for n in others]})
+    path = os.path.join(FLAGS.output_dir, "rest_queries.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=2)
+    artifacts["REST query answers"] = path
+    return rows
+
+
+def _results_table(summary: dict, baseline: dict) -> str:
+    keys = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"),
+            ("map@r", "MAP@R"), ("r_precision", "RP"), ("nmi", "NMI")]
+    trained = summary["metrics"]["concatenated"]
+    lines = ["| embedding | " + " | ".join(k for _, k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for name, values in (("raw pixels (cosine)", baseline), ("dgml_tf attentive grouping", trained)):
+        cells = [f"{100 * values[k]:.1f}" if k in values else "n/a" for k, _ in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by every stage's process
+    out = os.path.abspath(FLAGS.output_dir)
+    if FLAGS.fresh and os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    run_dir = os.path.join(out, "run")
+    serving_base = os.path.join(out, "serving")
+    index_dir = os.path.join(out, "index")
+    explain_dir = os.path.join(out, "explain")
+    data_args = [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
+    artifacts: dict[str, str] = {}
+
+    _stage("1/6 train (Fashion-MNIST zero-shot: classes 0-4 train, 5-9 test)")
+    summary_path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary_path):
+        print(f"reusing the finished run in {run_dir} (--fresh to retrain)")
+    else:
+        extra = [f"--{a}" for a in FLAGS.train_args]
+        _run("dgml_tf.train", f"--flagfile={FLAGS.flagfile_name}", f"--output_dir={run_dir}",
+             *data_args, *extra)
+    artifacts["training run (config, checkpoints, TensorBoard)"] = run_dir
+    artifacts["best model"] = os.path.join(run_dir, "best.keras")
+    artifacts["test summary"] = summary_path
+
+    _stage("2/6 evaluate on the unseen classes (each group alone too)")
+    eval_json = os.path.join(run_dir, "eval_test.md")
+    _run("dgml_tf.evaluate", f"--run_dir={run_dir}", "--split=test", *data_args)
+    if os.path.exists(eval_json):
+        artifacts["per-group evaluation table"] = eval_json
+
+    _stage("3/6 interpretation figures")
+    if FLAGS.fresh or not os.path.exists(os.path.join(explain_dir, "explain.json")):
+        _run("dgml_tf.explain", f"--run_dir={run_dir}", f"--output_dir={explain_dir}",
+             *data_args)
+    artifacts["attention figures"] = explain_dir
+
+    _stage("4/6 export (TF Serving SavedModel + ONNX) and index the test split")
+    embedder_base = os.path.join(serving_base, MODEL_NAME)
+    if not (os.path.isdir(embedder_base) and any(v.isdigit() for v in os.listdir(embedder_base))):
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            run_config = json.load(f)
+        _run("dgml_tf.export", f"--run_dir={run_dir}", f"--base_dir={serving_base}",
+             f"--model_name={MODEL_NAME}", "--onnx", f"--image_size={run_config['image_size']}",
+             f"--resize_size={run_config['resize_size']}")
+    version_dir = _latest_version(embedder_base)
+    artifacts["TF Serving model base (mount at /models)"] = serving_base
+    artifacts["embedder SavedModel"] = version_dir
+    if not os.path.exists(os.path.join(index_dir, "CURRENT")):
+        _run("dgml_tf.index", f"--saved_model={version_dir}", "--dataset=fashion_mnist",
+             "--split=test", f"--index_dir={index_dir}", f"--retrieval_base_dir={serving_base}",
+             f"--model_name={MODEL_NAME}", *([f"--data_root={FLAGS.data_dir}"]
+                                             if FLAGS.data_dir else []))
+    artifacts["retrieval index"] = index_dir
+
+    _stage("5/6 REST service: start, query, stop")
+    import pipelines
+
+    splits = pipelines.load_dataset("fashion_mnist", FLAGS.data_dir)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = os.path.join(out, "server.log")
+    with open(log_path, "w", encoding="utf-8") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", f"--model_name={MODEL_NAME}",
+             f"--model_base_path={embedder_base}", f"--index_dir={index_dir}",
+             "--host=127.0.0.1", f"--port={port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(f"{url}/v1/models/{MODEL_NAME}_retrieval", server)
+            print(f"service ready at {url} (log: {log_path})")
+            _query_service(splits, url, artifacts)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            print("service stopped")
+    artifacts["server log"] = log_path
+
+    _stage("6/6 results")
+    with open(summary_path, encoding="utf-8") as f:
+        summary = json.load(f)
+    baseline = _raw_pixel_baseline(splits)
+    table = _results_table(summary, baseline)
+    print("Fashion-MNIST zero-shot, test = t10k classes 5-9 (5,000 images), cosine retrieval:")
+    print(table)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    artifacts["results table"] = os.path.join(out, "results.md")
+    print("\nArtifacts:")
+    width = max(len(k) for k in artifacts)
+    for name, path in artifacts.items():
+        print(f"  {name:<{width}}  {path}")
+
+
+def run(argv: Optional[Sequence[str]] = None) -> None:
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()
