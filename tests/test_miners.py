@@ -147,3 +147,31 @@ def test_stateless_seed_makes_draws_a_pure_function_of_the_seed():
     assert not np.array_equal(first.negatives.numpy(), third.negatives.numpy())
     # same-class samples are never negatives on this path either
     assert np.all(labels[first.negatives.numpy()] != labels)
+
+
+def test_seeded_draws_follow_the_weights_and_compile_with_xla():
+    """The Gumbel-max draw has the categorical law of the closed-form weights; it runs under XLA
+    (StatelessMultinomial has no XLA kernel, so jit_compile training needs this path)."""
+    import tensorflow as tf
+
+    from dgml_tf.miners import DistanceWeightedMiner
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 4)).astype("float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 2, 3, 4])
+    miner = DistanceWeightedMiner(seed=0)
+    logits, _ = miner.negative_logits(x, labels)
+    expected = tf.nn.softmax(logits[0]).numpy()
+
+    @tf.function(jit_compile=True)
+    def draw(seed):
+        return miner(x, labels, seed=seed).negatives[0]
+
+    draws = 3000
+    counts = np.bincount([int(draw(tf.constant([s, 1], tf.int64))) for s in range(draws)],
+                         minlength=6)
+    assert counts[0] == counts[1] == 0  # the anchor itself and its same-class sample
+    observed, wanted = counts[2:], expected[2:] * draws
+    chi2 = float(np.sum((observed - wanted) ** 2 / wanted))
+    assert chi2 < 16.27  # 99.9% quantile of chi-square with 3 degrees of freedom

@@ -109,9 +109,20 @@ class DistanceWeightedMiner(TripletMiner):
         return logits, has_negative
 
     def _draw(self, logits, seed):
+        """One index per row, drawn with probability softmax(logits), by the Gumbel-max trick.
+
+        argmax(logits + Gumbel noise) has exactly the categorical law, and unlike
+        ``stateless_categorical`` (StatelessMultinomial) it has XLA kernels, so training with
+        ``jit_compile=True`` works.
+        """
+        shape = ops.shape(logits)
         if seed is None:
-            return keras.random.categorical(logits, 1, seed=self.seed_generator)[:, 0]
-        return tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
+            uniform = keras.random.uniform(shape, minval=1e-20, maxval=1.0,
+                                           seed=self.seed_generator)
+        else:
+            uniform = tf.random.stateless_uniform(shape, seed=seed, minval=1e-20, maxval=1.0)
+        gumbel = -ops.log(-ops.log(uniform))
+        return ops.argmax(logits + gumbel, axis=-1)
 
     def mine(self, embeddings, labels, seed=None) -> Triplets:
         labels = ops.cast(labels, "int32")

@@ -1,0 +1,561 @@
+"""Training-step throughput of our ResNet50 + attentive grouping against the authors' PyTorch
+architecture, the speed-ups we tried, and the fraction of the machine's matmul peak we reach.
+
+What is timed. One training step of the package's own stack: ``build_embedding_model(
+backbone="resnet50", weights=None, head="attentive", num_groups=3, embedding_dim=512,
+freeze_batch_norm=True)`` inside ``MetricLearningModel`` with ``MarginLoss`` (distance-weighted
+mining, learnable per-class betas) plus ``diversity_weight`` x the diversity loss, optimised by the
+grouped optimizer with the CUB recipe (per-group Adam rates, coupled L2), through Keras' own
+``model.train_function`` (what ``fit`` runs). Against it: ``bench/torch_reference_step.py``, the
+same architecture and losses in PyTorch (torchvision ResNet50), run in the separate venv
+``.venv-torch`` (``bench/setup_torch_venv.sh``). Same batch (``--batch`` images = batch/2
+classes x 2), resolution, and thread count (``--threads`` intra-op, 1 inter-op).
+
+Every measurement runs in its own subprocess (TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` at import
+time), each one warms up (XLA compiles, tf.data fills its buffer) and then times ``--repeats``
+blocks of ``--steps`` steps. The table gives the median block rate and the min-max range.
+
+Variants (``--variants``, comma separated; combine options with ``+``, e.g. ``onednn+xla``):
+
+* ``default``: the environment as TensorFlow ships (oneDNN off on this CPU unless TF decides
+  otherwise; the table says what TF reported), images fed from an in-memory tensor;
+* ``onednn``: ``TF_ENABLE_ONEDNN_OPTS=1``;
+* ``xla``: ``model.compile(jit_compile=True)``;
+* ``bf16`` / ``fp16``: Keras ``mixed_bfloat16`` / ``mixed_float16`` global policy (CPUs without
+  bf16/fp16 arithmetic emulate it: expected slower; reported as measured);
+* ``pipeline``: batches from ``pipelines.make_train_dataset`` (JPEG decode of the crop window,
+  random resized crop, flip, prefetch) on generated 500x375 JPEGs instead of an in-memory tensor.
+
+FLOPs per step: counted from the HLO that XLA lowers the train step to (convolutions and dots,
+see ``bench/flops.py``); when the whole step cannot be lowered (today: the margin loss' miner draws
+with ``StatelessMultinomial``, which has no XLA kernel), from the HLO of the network's forward +
+backward pass alone. 3 x the forward count is printed as a cross-check. The
+peak: the best of ``--repeats`` float32 ``tf.matmul`` of ``--matmul_size`` squared matrices, with
+the same thread settings, with and without oneDNN; the best of those is "the machine's peak".
+
+Usage::
+
+    python bench/train_step_speed.py --quick                  # checks the script end to end
+    python bench/train_step_speed.py                           # batch 16, 224 px, all variants
+    python bench/train_step_speed.py --variants default,onednn --steps 5 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TORCH_PYTHON = os.path.join(REPO, ".venv-torch", "bin", "python")
+RESULT_MARKER = "RESULT_JSON "
+OPTIONS = ("onednn", "xla", "bf16", "fp16", "pipeline")
+DEFAULT_VARIANTS = "default,onednn,xla,onednn+xla,bf16,fp16,pipeline,onednn+pipeline"
+# The authors' CUB recipe (method.md); the rates do not change the speed, the ops they imply do.
+LAMBDA_DIV = 0.02
+
+
+def parse_variant(name: str) -> tuple:
+    """``"onednn+xla"`` -> ("onednn", "xla"); ``"default"`` -> ()."""
+    if name == "default":
+        return ()
+    options = tuple(name.split("+"))
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown or not options:
+        raise ValueError(
+            f"Unknown variant {name!r}: use 'default' or options {list(OPTIONS)} joined by '+', "
+            "e.g. 'onednn+xla'."
+        )
+    if "bf16" in options and "fp16" in options:
+        raise ValueError(f"Variant {name!r} asks for both bf16 and fp16; pick one.")
+    return options
+
+
+def variant_environment(options: tuple) -> dict:
+    """The subprocess environment of a variant: oneDNN is decided before TensorFlow loads."""
+    env = dict(os.environ)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if "onednn" in options:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    env.update(
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    return env
+
+
+# ------------------------------------------------------------------------------- workers
+def _import_tensorflow(threads: int):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return tf
+
+
+def _onednn_enabled() -> Optional[bool]:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
+def build_training_model(batch: int, image_size: int, num_classes: int, jit_compile: bool):
+    """Our model, loss and grouped optimizer, compiled as the training CLI does."""
+    import keras
+
+    from dgml_tf.losses import MarginLoss
+    from dgml_tf.models import build_embedding_model
+    from dgml_tf.training import (
+        GroupConfig,
+        MetricLearningModel,
+        StepSchedule,
+        build_grouped_optimizer,
+    )
+
+    keras.utils.set_random_seed(0)
+    embedding_model = build_embedding_model(
+        backbone="resnet50", input_shape=(image_size, image_size, 3), weights=None,
+        head="attentive", num_groups=3, embedding_dim=512, freeze_batch_norm=True,
+    )
+    loss = MarginLoss(num_classes=num_classes, num_groups=3, seed=0)
+    model = MetricLearningModel(embedding_model, loss, diversity_weight=LAMBDA_DIV, seed=0)
+    schedule = StepSchedule((55,), 0.3)
+    optimizer = build_grouped_optimizer(
+        model,
+        {
+            "backbone": GroupConfig(1e-5, 3e-3, schedule=schedule),
+            "key_value": GroupConfig(1e-5, 3e-3, schedule=schedule),
+            "queries": GroupConfig(1e-5, 1e-3, schedule=schedule),
+            "loss": GroupConfig(5e-5, 0.0, schedule=schedule),
+        },
+        steps_per_epoch=100,
+    )
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    return model
+
+
+def write_jpegs(folder: str, num_classes: int, per_class: int, seed: int = 0) -> list:
+    """Writes 500x375 JPEGs (smooth random content, quality 90) and returns their records."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines.records import Record
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for index in range(num_classes * per_class):
+        label = index % num_classes
+        coarse = rng.integers(0, 256, (1, 24, 32, 3)).astype("float32")
+        image = tf.image.resize(coarse, (375, 500), method="bicubic")[0]
+        encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
+        path = os.path.join(folder, f"{label:03d}", f"{index:05d}.jpg")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tf.io.write_file(path, encoded)
+        records.append(Record(path, label, os.path.relpath(path, folder)))
+    return records
+
+
+def _time_blocks(run_step, steps: int, repeats: int, batch: int) -> list:
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            run_step()
+        rates.append(batch * steps / (time.perf_counter() - start))
+    return rates
+
+
+def variant_worker(args) -> dict:
+    options = parse_variant(args.variant)
+    tf = _import_tensorflow(args.threads)
+    import keras
+    import numpy as np
+
+    if "bf16" in options:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    elif "fp16" in options:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    batch, size = args.batch, args.image_size
+    if batch < 2 or batch % 2:
+        raise ValueError(f"--batch must be an even number >= 2 (classes x 2), got {batch}.")
+    result = {"variant": args.variant, "onednn_enabled": _onednn_enabled()}
+    with tempfile.TemporaryDirectory() as folder:
+        if "pipeline" in options:
+            import pipelines
+
+            num_classes = batch  # twice the classes of a batch, 3 images each
+            records = write_jpegs(folder, num_classes, 3)
+            dataset = pipelines.make_train_dataset(
+                records, batch_classes=batch // 2, images_per_class=2, image_size=size, seed=0,
+                check_files=False,  # the files were just written by TF's own encoder
+            )
+            batches = iter(dataset)
+            # The pipeline on its own (same threads): does it keep up with the step?
+            next(batches)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                next(batches)
+            result["pipeline_alone_images_per_s"] = batch * args.steps / (
+                time.perf_counter() - start
+            )
+        else:
+            num_classes = batch // 2
+            rng = np.random.default_rng(0)
+            images = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
+            labels = tf.constant(np.arange(batch) // 2, tf.int64)
+            batches = None
+        model = build_training_model(batch, size, num_classes, jit_compile="xla" in options)
+        model.make_train_function()
+
+        def run_step():
+            data = batches if batches is not None else [(images, labels)]
+            logs = model.train_function(data)
+            return float(logs["loss"])  # waits for the step to finish
+
+        start = time.perf_counter()
+        first_loss = run_step()
+        result["first_step_s"] = time.perf_counter() - start
+        for _ in range(args.warmup - 1):
+            run_step()
+        result["images_per_s"] = _time_blocks(run_step, args.steps, args.repeats, batch)
+        result["finite_loss"] = bool(np.isfinite(first_loss) and np.isfinite(run_step()))
+    return result
+
+
+def flops_worker(args) -> dict:
+    """FLOPs of one training step at the benchmark's batch and size (float32, default env)."""
+    tf = _import_tensorflow(args.threads)
+    import numpy as np
+
+    sys.path.insert(0, HERE)
+    from flops import function_flops
+
+    batch, size = args.batch, args.image_size
+    model = build_training_model(batch, size, batch // 2, jit_compile=False)
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
+    labels = tf.constant(np.arange(batch) // 2, tf.int64)
+    model.make_train_function()
+    model.train_function([(images, labels)])  # builds the optimizer state before tracing
+    forward = function_flops(
+        tf.function(lambda x: model(x, training=True), jit_compile=True), (images,)
+    )
+    result = {"forward_flops": forward.flops, "forward_instructions": forward.instructions}
+    try:
+        step = function_flops(tf.function(model.train_step, jit_compile=True), ((images, labels),))
+        result.update(step_flops=step.flops, step_instructions=step.instructions,
+                      step_method="XLA HLO of the whole train step (conv + dot)")
+        return result
+    except ValueError as error:
+        result["step_error"] = str(error)
+
+    def forward_backward(x):
+        # The loss' own arithmetic (B x B distances, K x K cosines) is negligible next to the
+        # network; a sum stands in for it so the gradient reaches every weight as in training.
+        with tf.GradientTape() as tape:
+            outputs = model(x, training=True)
+            objective = tf.reduce_sum(outputs["group_embeddings"]) + tf.reduce_sum(
+                outputs["attention"])
+        return tape.gradient(objective, model.embedding_model.trainable_variables)
+
+    step = function_flops(tf.function(forward_backward, jit_compile=True), (images,))
+    result.update(step_flops=step.flops, step_instructions=step.instructions,
+                  step_method="XLA HLO of the network's forward + backward pass (conv + dot; "
+                  "the loss and the optimizer update, elementwise or B x B, left out)")
+    return result
+
+
+def peak_worker(args) -> dict:
+    """Best float32 matmul rate (GFLOP/s) with the benchmark's thread settings."""
+    tf = _import_tensorflow(args.threads)
+
+    n = args.matmul_size
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    b = tf.random.normal((n, n), dtype=tf.float32)
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.linalg.matmul(a, b)[:1, :1]))
+    matmul(a, b).numpy()
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        seconds.append(time.perf_counter() - start)
+    return {"gflops": 2 * n**3 / min(seconds) / 1e9, "onednn_enabled": _onednn_enabled(),
+            "matmul_size": n}
+
+
+# ------------------------------------------------------------------------------- driver
+def run_subprocess(command: list, env: dict, timeout: float) -> dict:
+    """Runs one worker, returns its result dict or ``{"error": ...}`` with the stderr tail."""
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+        if line.startswith("{") and '"images_per_s"' in line:  # the PyTorch script
+            return json.loads(line)
+    lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
+    # XLA failures end with a generic "tf2xla conversion failed"; the op that caused it is above.
+    causes = [l for l in lines if "No registered '" in l or "unsupported operations" in l]
+    reason = (causes or lines or [f"exit code {done.returncode}, no output"])[-1].strip()
+    return {"error": reason[:300]}
+
+
+def worker_command(args, worker: str, variant: str = "default") -> list:
+    return [
+        sys.executable, os.path.abspath(__file__), "--_worker", worker, "--variant", variant,
+        "--batch", str(args.batch), "--image_size", str(args.image_size),
+        "--steps", str(args.steps), "--repeats", str(args.repeats),
+        "--warmup", str(args.warmup), "--threads", str(args.threads),
+        "--matmul_size", str(args.matmul_size),
+    ]
+
+
+def machine_description() -> dict:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                                   "avx512_vnni", "amx_bf16", "avx512_fp16")
+                                     if f in present)
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": flags,
+            "python": platform.python_version(), "os": platform.platform()}
+
+
+def _versions() -> dict:
+    versions = {}
+    probe = "import tensorflow, keras; print(tensorflow.__version__, keras.__version__)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=variant_environment(()))
+    parts = done.stdout.split()
+    versions["tensorflow"], versions["keras"] = (parts + ["?", "?"])[:2]
+    if os.path.exists(TORCH_PYTHON):
+        done = subprocess.run(
+            [TORCH_PYTHON, "-c", "import torch, torchvision; print(torch.__version__, "
+             "torchvision.__version__)"], capture_output=True, text=True)
+        parts = done.stdout.split()
+        versions["torch"], versions["torchvision"] = (parts + ["?", "?"])[:2]
+    return versions
+
+
+def _rate_cell(rates: list) -> str:
+    return f"{statistics.median(rates):.2f} ({min(rates):.2f}-{max(rates):.2f})"
+
+
+def render_table(args, machine, versions, results, torch_result, flops, peaks) -> str:
+    lines = [
+        f"### Training step speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} logical cores "
+        f"(flags: {machine['cpu_flags'] or 'none of avx2/fma/avx512*/amx'}), "
+        f"Python {machine['python']}; TensorFlow {versions.get('tensorflow')}, "
+        f"Keras {versions.get('keras')}, PyTorch {versions.get('torch', 'n/a')}, "
+        f"torchvision {versions.get('torchvision', 'n/a')}.",
+        f"Batch {args.batch} ({args.batch // 2} classes x 2), {args.image_size} px, "
+        f"{args.threads} intra-op thread(s) / 1 inter-op, {args.warmup} warm-up step(s), "
+        f"{args.repeats} repeats x {args.steps} step(s); images/s as median (min-max).",
+        "",
+    ]
+    peak = max((p["gflops"] for p in peaks.values() if "gflops" in p), default=None)
+    step_flops = flops.get("step_flops")
+    torch_rate = (statistics.median(torch_result["images_per_s"])
+                  if "images_per_s" in torch_result else None)
+    lines += [
+        "| variant | oneDNN | images/s | ms/step | vs PyTorch | first step (s) | GFLOP/s "
+        "| % of peak | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        if "error" in result:
+            lines.append(f"| {result['variant']} | | failed | | | | | | {result['error']} |")
+            continue
+        rate = statistics.median(result["images_per_s"])
+        ms = 1000 * args.batch / rate
+        ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a"
+        gflops = step_flops * rate / args.batch / 1e9 if step_flops else None
+        notes = []
+        if "pipeline_alone_images_per_s" in result:
+            notes.append(f"pipeline alone {result['pipeline_alone_images_per_s']:.1f} img/s")
+        if not result.get("finite_loss", True):
+            notes.append("NON-FINITE LOSS")
+        onednn = {True: "on", False: "off", None: "?"}[result.get("onednn_enabled")]
+        lines.append(
+            f"| {result['variant']} | {onednn} | {_rate_cell(result['images_per_s'])} "
+            f"| {ms:.0f} | {ratio} | {result['first_step_s']:.1f} "
+            f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {'; '.join(notes)} |"
+            if gflops is not None and peak else
+            f"| {result['variant']} | {onednn} | {_rate_cell(result['images_per_s'])} "
+            f"| {ms:.0f} | {ratio} | {result['first_step_s']:.1f} | n/a | n/a "
+            f"| {'; '.join(notes)} |"
+        )
+    if torch_result:
+        if "error" in torch_result:
+            lines.append(f"| PyTorch reference | | failed | | | | | | {torch_result['error']} |")
+        else:
+            rate = statistics.median(torch_result["images_per_s"])
+            torch_flops = torch_result.get("step_flops")
+            gflops = torch_flops * rate / args.batch / 1e9 if torch_flops else None
+            cells = (f"{gflops:.1f} | {100 * gflops / peak:.1f}" if gflops and peak
+                     else "n/a | n/a")
+            lines.append(
+                f"| PyTorch reference ({torch_result.get('framework', 'torch')}) | "
+                f"{torch_result.get('mkldnn', '?')} | {_rate_cell(torch_result['images_per_s'])} "
+                f"| {1000 * args.batch / rate:.0f} | 1.00x | "
+                f"{torch_result.get('first_step_s', float('nan')):.1f} | {cells} "
+                "| torchvision ResNet50 (v1.5); FLOPs by torch FlopCounterMode |"
+            )
+    lines.append("")
+    if step_flops:
+        lines.append(
+            f"FLOPs per step (ours): {step_flops / 1e9:.1f} GFLOP = "
+            f"{step_flops / args.batch / 1e9:.2f} GFLOP/image, {flops['step_method']}; forward "
+            f"pass {flops['forward_flops'] / args.batch / 1e9:.2f} GFLOP/image (step / forward = "
+            f"{step_flops / flops['forward_flops']:.2f}). Taps on padding are not counted."
+        )
+        if "step_error" in flops:
+            lines.append(f"(The whole train step could not be lowered to XLA: "
+                         f"{flops['step_error']})")
+    elif flops:
+        lines.append(f"FLOP count failed: {flops.get('error')}")
+    if torch_result.get("step_flops"):
+        lines.append(
+            f"FLOPs per step (PyTorch reference, FlopCounterMode, dense taps): "
+            f"{torch_result['step_flops'] / 1e9:.1f} GFLOP."
+        )
+    peak_cells = ", ".join(
+        f"oneDNN {name}: {p['gflops']:.1f}" if "gflops" in p else f"oneDNN {name}: {p['error']}"
+        for name, p in peaks.items()
+    )
+    lines.append(
+        f"Float32 matmul peak ({args.matmul_size}x{args.matmul_size}, best of {args.repeats}, "
+        f"same threads): {peak_cells} GFLOP/s; % of peak uses "
+        f"{f'{peak:.1f}' if peak else 'n/a'} GFLOP/s."
+    )
+    default = next((r for r in results if r["variant"] == "default" and "error" not in r), None)
+    if default and torch_rate:
+        rate = statistics.median(default["images_per_s"])
+        lines.append(
+            f"Ratio ours (default) / PyTorch: {rate / torch_rate:.2f} "
+            f"({rate:.2f} vs {torch_rate:.2f} images/s)."
+        )
+    best = max((r for r in results if "error" not in r),
+               key=lambda r: statistics.median(r["images_per_s"]), default=None)
+    if best and torch_rate:
+        rate = statistics.median(best["images_per_s"])
+        lines.append(f"Ratio ours (best variant, {best['variant']}) / PyTorch: "
+                     f"{rate / torch_rate:.2f}.")
+    return "\n".join(lines)
+
+
+def run_benchmark(args) -> str:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        parse_variant(variant)  # fail before any measurement
+    machine = machine_description()
+    versions = _versions()
+    timeout = args.timeout
+
+    def log(message):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    peaks = {}
+    for name, options in (("off", ()), ("on", ("onednn",))):
+        log(f"matmul peak, oneDNN {name}")
+        peaks[name] = run_subprocess(worker_command(args, "peak"), variant_environment(options),
+                                     timeout)
+        log(f"  {peaks[name]}")
+    log("FLOP count of the train step")
+    flops = run_subprocess(worker_command(args, "flops"), variant_environment(()), timeout)
+    log(f"  {flops}")
+    results = []
+    for variant in variants:
+        log(f"variant {variant}")
+        result = run_subprocess(worker_command(args, "variant", variant),
+                                variant_environment(parse_variant(variant)), timeout)
+        result.setdefault("variant", variant)
+        results.append(result)
+        log(f"  {result}")
+    torch_result = {}
+    if not args.skip_torch:
+        log("PyTorch reference")
+        if not os.path.exists(TORCH_PYTHON):
+            torch_result = {"error": f"{TORCH_PYTHON} not found: run bench/setup_torch_venv.sh"}
+        else:
+            torch_result = run_subprocess(
+                [TORCH_PYTHON, os.path.join(HERE, "torch_reference_step.py"),
+                 "--batch", str(args.batch), "--image_size", str(args.image_size),
+                 "--threads", str(args.threads), "--steps", str(args.steps),
+                 "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--count_flops"],
+                dict(os.environ), timeout,
+            )
+        log(f"  {torch_result}")
+    return render_table(args, machine, versions, results, torch_result, flops, peaks)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16, help="images per step (even)")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (>= 1)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--matmul_size", type=int, default=4096)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
+    parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny run to check the script: 64 px, batch 4, 1 step, 1 repeat")
+    parser.add_argument("--_worker", choices=("variant", "flops", "peak"), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.image_size, args.steps, args.repeats, args.warmup = 4, 64, 1, 1, 1
+        args.matmul_size = 1024
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first step traces and compiles).")
+    if args.batch < 2 or args.batch % 2:
+        parser.error(f"--batch must be an even number >= 2 (classes x 2), got {args.batch}.")
+    if args._worker:
+        worker = {"variant": variant_worker, "flops": flops_worker, "peak": peak_worker}
+        print(RESULT_MARKER + json.dumps(worker[args._worker](args)), flush=True)
+        return
+    table = run_benchmark(args)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
