@@ -25,7 +25,7 @@ from serving.client import RetrievalClient, ServingClientError, main as client_m
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
 
 LABELS = [0, 0, 1, 1, 2, 2]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).absolute().parents[1]  # the runfiles tree under Bazel
 
 
 def free_port() -> int:
