@@ -135,7 +135,7 @@ def _query_service(splits, url: str, artifacts: dict) -> list:
             print(f"   #{n.rank} {n.id:<14} {names.get(n.label, n.label)!s:<12} score {n.score:.3f}")
         rows.append({"query": record.item_id, "label": int(record.label),
                      "neighbours": [vars(n) for n in others]})
-    path = os.path.join(FLAGS.output_dir, "rest_queries.json")
+    path = os.path.join(os.path.abspath(FLAGS.output_dir), "rest_queries.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
     artifacts["REST query answers"] = path

@@ -33,3 +33,26 @@ def _reset_keras_state():
     keras.backend.clear_session(free_memory=False)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+_MIRRORED = []
+
+
+def shared_mirrored_strategy() -> "tf.distribute.MirroredStrategy":
+    """The one MirroredStrategy over the 2 logical CPUs that every test in this process shares.
+
+    Each new MirroredStrategy restarts TF's collective-op instance keys, which then collide with
+    keys an earlier strategy used in the same process ("Collective instance N expected type ..."),
+    so test files must not create their own.
+    """
+    if not _MIRRORED:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+        if len(devices) < 2:
+            pytest.skip("needs the two logical CPU devices configured in conftest.py")
+        _MIRRORED.append(tf.distribute.MirroredStrategy(devices))
+    return _MIRRORED[0]
+
+
+@pytest.fixture
+def mirrored_strategy():
+    return shared_mirrored_strategy()

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from conftest import shared_mirrored_strategy
 from dgml_tf.losses import ContrastiveLoss, diversity_loss
 from dgml_tf.training import (
     CustomLoopTrainer,
@@ -66,7 +67,6 @@ class LearnableMarginContrastive(keras.losses.Loss):
         return positive + negative
 
 
-_STRATEGY = []
 
 
 def two_cpu_strategy():
@@ -76,9 +76,7 @@ def two_cpu_strategy():
     with the keys an earlier strategy used in this process ("Collective instance N expected
     type ..."): one instance per process avoids that.
     """
-    if not _STRATEGY:
-        _STRATEGY.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    return _STRATEGY[0]
+    return shared_mirrored_strategy()
 
 
 def reference(images, labels, loss):

@@ -180,11 +180,8 @@ def test_same_seed_same_images_different_seed_different_images():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_mirrored_strategy_replicas_receive_whole_classes():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPU devices configured in conftest.py")
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_mirrored_strategy_replicas_receive_whole_classes(mirrored_strategy):
+    strategy = mirrored_strategy
     arrays = np.zeros((30, 8, 8, 1), np.uint8)
     records = [Record(i, i % 6) for i in range(30)]
     pipe = build_train_pipeline(records, arrays, batch_classes=4, images_per_class=2,

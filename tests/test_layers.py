@@ -238,11 +238,8 @@ def test_fit_graph_mode():
     _fit_once(model)
 
 
-def test_fit_under_mirrored_strategy():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("conftest did not configure two logical CPUs")
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_fit_under_mirrored_strategy(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = _tiny_grouping_model()
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
