@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-import sys
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import keras
@@ -207,20 +206,9 @@ def main(argv: Sequence[str], FLAGS) -> int:  # noqa: N803 (absl's naming)
 
 def run(argv: Optional[Sequence[str]] = None) -> None:
     """Console entry point (``dgml-export``)."""
-    from absl import flags as absl_flags
+    from dgml_tf.cli import run_cli
 
-    argv = list(argv if argv is not None else sys.argv)
-    flag_values = absl_flags.FlagValues()
-    _define_flags(flag_values)
-    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(flag_values.get_help())
-        raise SystemExit(0)
-    try:
-        remaining = flag_values(argv)
-    except absl_flags.Error as error:
-        raise SystemExit(f"{error}\nRun with --help for the flags.") from error
-    raise SystemExit(main(remaining, flag_values))
+    run_cli(argv, _define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -56,24 +56,8 @@ def group_attention_grid(images: np.ndarray, attention: np.ndarray, path: str,
     attention = np.asarray(attention)
     if images.shape[0] != attention.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {attention.shape[0]} attention maps.")
-    n, k = attention.shape[:2]
-    plt = _pyplot()
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.8 * (k + 1), 1.8 * n), squeeze=False)
-    for row in range(n):
-        image = _as_uint8_rgb(images[row])
-        panels = overlay_groups(image, attention[row], alpha, cmap)
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_title(row_titles[row] if row_titles else "image", fontsize=8)
-        for g in range(k):
-            axes[row, g + 1].imshow(panels[g])
-            if row == 0:
-                axes[row, g + 1].set_title(f"group {g}", fontsize=8)
-    for ax in axes.ravel():
-        ax.axis("off")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    titles = list(row_titles) if row_titles else ["image"] * len(images)
+    return _panel_rows(images, attention, titles, ["black"] * len(images), path, alpha, cmap)
 
 
 def retrieval_figure(query_image: np.ndarray, query_attention: np.ndarray,
@@ -97,16 +81,23 @@ def retrieval_figure(query_image: np.ndarray, query_attention: np.ndarray,
         if scores is not None:
             title += f" {scores[rank]:.3f}"
         titles.append(title)
-    plt = _pyplot()
+    colours = ["black"]
+    for rank in range(len(neighbour_images)):
+        same = None if query_label is None or neighbour_labels is None else (
+            neighbour_labels[rank] == query_label)
+        colours.append("black" if same is None else ("green" if same else "red"))
+    return _panel_rows(images, attention, titles, colours, path, alpha, cmap)
+
+
+def _panel_rows(images, attention, titles, colours, path, alpha, cmap) -> str:
+    """One row per image: the image (titled, coloured) then one blended panel per group."""
     n, k = attention.shape[:2]
+    plt = _pyplot()
     fig, axes = plt.subplots(n, k + 1, figsize=(1.8 * (k + 1), 1.8 * n), squeeze=False)
     for row in range(n):
         image = _as_uint8_rgb(images[row])
         axes[row, 0].imshow(image)
-        colour = "black"
-        if row > 0 and query_label is not None and neighbour_labels is not None:
-            colour = "green" if neighbour_labels[row - 1] == query_label else "red"
-        axes[row, 0].set_title(titles[row], fontsize=8, color=colour)
+        axes[row, 0].set_title(titles[row], fontsize=8, color=colours[row])
         for g, panel in enumerate(overlay_groups(image, attention[row], alpha, cmap)):
             axes[row, g + 1].imshow(panel)
             if row == 0:
