@@ -26,7 +26,7 @@ EXTRAS = {
     # pins torch 1.6 and an old numpy, neither of which is needed to read the file.
     "pretrained": [],
     "benchmark": ["faiss-cpu==1.15.1"],
-    "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22"],
+    "test": ["pytest>=8", "pyyaml>=6", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22"],
 }
 # Everything a user may run, benchmark-only comparisons (faiss) excepted.
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "benchmark" for req in reqs})
