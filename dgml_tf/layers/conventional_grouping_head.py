@@ -63,7 +63,7 @@ class ConventionalGroupingHead(keras.layers.Layer):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
-                f"ConventionalGroupingHead needs a known channel count; got {tuple(input_shape)}."
+                f"{type(self).__name__} needs a known channel count; got {tuple(input_shape)}."
             )
         self.kernel = self.add_weight(
             name="kernel",

@@ -3,13 +3,12 @@
 import numbers
 
 import keras
-from keras import ops
 
-from dgml_tf.layers._unit_normalize import unit_normalize
+from dgml_tf.layers.conventional_grouping_head import ConventionalGroupingHead
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
-class SingleEmbeddingHead(keras.layers.Layer):
+class SingleEmbeddingHead(ConventionalGroupingHead):
     """Global average pooling, then a bias-free linear map to D, L2-normalised.
 
     The paper's "single embedding" baseline. The output keeps a group axis of size 1,
@@ -43,50 +42,20 @@ class SingleEmbeddingHead(keras.layers.Layer):
         kernel_regularizer=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         if (isinstance(embedding_dim, bool) or not isinstance(embedding_dim, numbers.Integral)
                 or embedding_dim < 1):
             raise ValueError(
                 "SingleEmbeddingHead: embedding_dim must be a positive integer, got "
                 f"{embedding_dim!r}."
             )
+        # One group of D dims: exactly the conventional grouping head with K = 1.
+        super().__init__(num_groups=1, group_dim=int(embedding_dim), normalize=normalize,
+                         kernel_initializer=kernel_initializer,
+                         kernel_regularizer=kernel_regularizer, **kwargs)
         self.embedding_dim = int(embedding_dim)
-        self.normalize = bool(normalize)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                f"SingleEmbeddingHead needs a known channel count; got {tuple(input_shape)}."
-            )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(channels, self.embedding_dim),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-
-    def call(self, inputs):
-        pooled = ops.mean(inputs, axis=(1, 2))  # (B, C)
-        embedding = ops.matmul(pooled, self.kernel)[:, None, :]  # (B, 1, D)
-        if self.normalize:
-            return unit_normalize(embedding, output_dtype=self.compute_dtype)
-        return embedding
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 1, self.embedding_dim)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "embedding_dim": self.embedding_dim,
-                "normalize": self.normalize,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            }
-        )
+        del config["num_groups"], config["group_dim"]
+        config["embedding_dim"] = self.embedding_dim
         return config
