@@ -15,19 +15,8 @@ import time
 
 import h5py
 import numpy as np
-import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _fashion_mnist_available() -> bool:
-    from pipelines.fashion_mnist import DEFAULT_ROOTS
-
-    return any(os.path.isdir(os.path.expanduser(root)) for root in DEFAULT_ROOTS)
-
-
-pytestmark = pytest.mark.skipif(not _fashion_mnist_available(),
-                                reason="Fashion-MNIST not installed (apt dataset-fashion-mnist)")
+from test_train_cli import REPO, pytestmark  # noqa: F401 (same data and skip reason)
 
 ARGS = ["--flagfile=fashion_mnist.flags", "--val_classes=2", "--image_size=16",
         "--resize_size=16", "--epochs=3",
