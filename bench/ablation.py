@@ -242,8 +242,10 @@ def baseline_metrics(splits, config: Mapping[str, Any], max_per_class: Optional[
         from dgml_tf.models import get_backbone
 
         size = config["image_size"]
+        # The same feature map the heads see (the flagfile's --feature_layer, if any).
         backbone = get_backbone(config["backbone"], (size, size, 3), weights=config["weights"],
-                                freeze_batch_norm=True)
+                                freeze_batch_norm=True,
+                                feature_layer=config.get("feature_layer") or None)
     for images, batch_labels in dataset:
         images = np.asarray(images)
         pixels.append(images.reshape(len(images), -1))

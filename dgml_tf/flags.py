@@ -81,6 +81,11 @@ def define_model_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None
                            flag_values=values)
     absl_flags.DEFINE_bool("freeze_bn", True, "Freeze BatchNorm statistics of the backbone.",
                            flag_values=values)
+    absl_flags.DEFINE_string("feature_layer", "", "Backbone layer whose feature map feeds the "
+                             "head (empty: the last one), e.g. features_14_conv_0_2 for a "
+                             "stride-16 torchvision mobilenet_v2 map.", flag_values=values)
+    absl_flags.DEFINE_string("train_backbone_from", "", "Freeze the backbone layers before this "
+                             "one (empty: fine-tune the whole backbone).", flag_values=values)
 
 
 def define_training_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -101,6 +106,9 @@ def define_training_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> N
                            "replacement (as the authors' sampler).", flag_values=values)
     absl_flags.DEFINE_enum("augmentation", "auto", AUGMENTATIONS, "Training augmentation; auto: "
                            "random resized crop + flip for photos, small shifts for 28 px sets.",
+                           flag_values=values)
+    absl_flags.DEFINE_bool("hflip", True, "Random horizontal flips in the training augmentation "
+                           "(--nohflip where a mirror image is another class, e.g. glyphs).",
                            flag_values=values)
     for group, lr, wd in (("backbone", 1e-5, 0.003), ("key_value", 1e-5, 0.003),
                           ("queries", 1e-5, 0.001)):

@@ -27,6 +27,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional
@@ -104,7 +105,9 @@ def build_embedding_model(config: Mapping[str, Any]):
                  input_shape=(config["image_size"], config["image_size"], 3),
                  weights=weights, head=config["head"], num_groups=config["num_groups"],
                  embedding_dim=config["embedding_dim"], reduction=config["reduction"],
-                 freeze_batch_norm=config["freeze_bn"], projection=config["projection"])
+                 freeze_batch_norm=config["freeze_bn"], projection=config["projection"],
+                 feature_layer=config.get("feature_layer") or None,
+                 trainable_from=config.get("train_backbone_from") or None)
 
 
 def build_embedding_loss(config: Mapping[str, Any], num_classes: int):
@@ -148,7 +151,8 @@ def make_epoch_dataset(config: Mapping[str, Any], train_records: list, arrays, e
         images_per_class=config["images_per_class"], image_size=config["image_size"],
         resize_size=config["resize_size"], seed=epoch_seed(config["seed"], epoch),
         augment=crops is not None, replace=config["sample_with_replacement"],
-        num_replicas=num_replicas, cache_dir=cache_dir, **(crops or {}))
+        num_replicas=num_replicas, cache_dir=cache_dir, flip=config.get("hflip", True),
+        **(crops or {}))
 
 
 def default_steps_per_epoch(config: Mapping[str, Any], num_train: int) -> int:
@@ -217,7 +221,11 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
     from dgml_tf.run_summary import build_summary, write_config, write_summary
     from dgml_tf.training import distribute, seeding
 
-    output_dir = config["output_dir"]
+    # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
+    strategy = distribute.strategy_from_environment()
+    replicas = strategy.num_replicas_in_sync
+    # Non-chief workers run every step too, but write to their own scratch directory.
+    output_dir = distribute.worker_output_dir(strategy, config["output_dir"])
     os.makedirs(output_dir, exist_ok=True)
     checkpoint_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     best_path = os.path.join(output_dir, BEST_MODEL)
@@ -228,8 +236,6 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
                 os.remove(stale)
     write_config(output_dir, config)
 
-    strategy = distribute.strategy_from_environment()
-    replicas = strategy.num_replicas_in_sync
     errors = dgml_flags.validate_training_flags(config, num_replicas=replicas)
     if errors:
         raise dgml_flags.FlagValidationError("Invalid flags:\n  - " + "\n  - ".join(errors))
@@ -335,7 +341,15 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
                   "resumed_at_epoch": start_epoch, "seconds_this_process": round(seconds, 1),
                   "train_classes": num_classes, "train_images": len(train_records),
                   "replicas": replicas})
-    print(write_summary(output_dir, summary))
+    report = write_summary(output_dir, summary)
+    if output_dir != config["output_dir"]:
+        shutil.rmtree(output_dir, ignore_errors=True)  # a finished worker's scratch copy
+        try:
+            os.rmdir(os.path.dirname(output_dir))  # "workers/", once every worker is done
+        except OSError:
+            pass
+    else:
+        print(report)
     return summary
 
 

@@ -134,6 +134,7 @@ def build_train_pipeline(
     cache_dir: Optional[str] = None,
     cache_decoded: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
+    flip: bool = True,
 ) -> TrainPipeline:
     """Builds the class-balanced training stream.
 
@@ -159,6 +160,8 @@ def build_train_pipeline(
         cache_decoded: for small on-disk sets: decode every image once, resized (shorter side)
             and centre-cropped to this square size, and sample from memory afterwards.
         steps_per_epoch: override the default (examples // batch size).
+        flip: random horizontal flips when augmenting; turn off where a mirror image is
+            another class (characters: b/d, p/q).
 
     Returns:
         TrainPipeline.
@@ -193,14 +196,14 @@ def build_train_pipeline(
             return eval_transform(load(index), image_size, resize_size), tf.gather(label_table, index)
         element_seed = tf.random.experimental.stateless_fold_in(augment_base, element_number)
         if load_window is None:
-            image = train_transform(load(index), image_size, element_seed, scale, ratio)
+            image = train_transform(load(index), image_size, element_seed, scale, ratio, flip)
         else:
             # Same draws as train_transform, but only the crop window of a JPEG is decoded.
             crop_seed, flip_seed = crop_and_flip_seeds(element_seed)
             window = load_window(
                 index, lambda shape: random_crop_window(shape, crop_seed, scale, ratio)
             )
-            image = resize_and_flip(window, image_size, flip_seed)
+            image = resize_and_flip(window, image_size, flip_seed, flip)
         return image, tf.gather(label_table, index)
 
     dataset = (

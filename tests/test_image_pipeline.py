@@ -221,3 +221,25 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     path = fx.write_image(str(tmp_path / "bad.jpg"), "text_jpg")
     with pytest.raises(ValueError, match="failed to decode"):
         make_eval_dataset([Record(path, 0)])
+
+
+def test_flip_false_never_mirrors_while_the_default_does():
+    # Full-image "crops" (scale and ratio fixed at 1): the only change left is the flip.
+    arrays = np.random.default_rng(2).integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
+    records = [Record(i, i // 2) for i in range(4)]
+
+    def mirrored_count(flip):
+        ds = make_train_dataset(records, arrays, batch_classes=2, image_size=12, seed=0,
+                                scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=flip)
+        mirrored = 0
+        for images, _ in ds.take(10):
+            for image in images.numpy():
+                originals = arrays.astype(np.float32)
+                same = any(np.allclose(image, a, atol=1e-3) for a in originals)
+                flipped = any(np.allclose(image, a[:, ::-1], atol=1e-3) for a in originals)
+                assert same or flipped
+                mirrored += int(flipped and not same)
+        return mirrored
+
+    assert mirrored_count(False) == 0
+    assert mirrored_count(True) > 0  # 40 draws of a fair coin

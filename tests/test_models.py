@@ -216,3 +216,43 @@ def test_small_cnn_weights_file_loads_into_frozen_backbone(tmp_path):
     assert isinstance(frozen.get_layer("stage0_bn0"), FrozenBatchNormalization)
     for expected, actual in zip(trained.get_weights(), frozen.get_weights()):
         np.testing.assert_array_equal(actual, expected)
+
+
+def test_feature_layer_takes_an_inner_map_with_the_same_values():
+    full = get_backbone("small_cnn", (32, 32, 3), freeze_batch_norm=False)
+    cut = get_backbone("small_cnn", (32, 32, 3), freeze_batch_norm=False,
+                       feature_layer="stage1_pool")
+    # Two 2x2 poolings: 32 / 4 = 8 positions per side, stage 1 has 64 channels.
+    assert tuple(cut.output.shape) == (None, 8, 8, 64)
+    cut.set_weights(full.get_weights()[: len(cut.get_weights())])
+    inner = keras.Model(full.inputs, full.get_layer("stage1_pool").output)
+    x = _images(2, (32, 32, 3))
+    np.testing.assert_allclose(cut(x).numpy(), inner(x).numpy(), atol=1e-5)
+    # Keras applications: ResNet50's conv4 output has stride 16 (64 / 16 = 4).
+    resnet = get_backbone("resnet50", (64, 64, 3), weights=None, feature_layer="conv4_block6_out")
+    assert tuple(resnet.output.shape) == (None, 4, 4, 1024)
+    with pytest.raises(ValueError, match="feature_layer='stage9'.*stage0_conv0"):
+        get_backbone("small_cnn", TINY, feature_layer="stage9")
+
+
+def test_trainable_from_freezes_only_the_layers_before_it():
+    model = build_embedding_model("small_cnn", (16, 16, 3), head="attentive", num_groups=2,
+                                  embedding_dim=8, freeze_batch_norm=False,
+                                  trainable_from="stage2_conv0")
+    backbone = model.get_layer("small_cnn_backbone")
+    frozen = [l for l in backbone.layers if l.name.startswith(("stage0", "stage1")) and l.weights]
+    trained = [l for l in backbone.layers if l.name.startswith("stage2") and l.weights]
+    assert frozen and trained
+    assert all(not l.trainable for l in frozen) and all(l.trainable for l in trained)
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in frozen + trained}
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss={"embedding": "mse"})
+    x = _images(8, (16, 16, 3))
+    model.fit(x, {"embedding": np.ones((8, 8), "float32")}, epochs=1, verbose=0)
+    for layer in frozen:  # weights and BatchNorm statistics untouched
+        for old, new in zip(before[layer.name], layer.get_weights()):
+            np.testing.assert_array_equal(new, old)
+    assert any(not np.array_equal(old, new) for layer in trained
+               for old, new in zip(before[layer.name], layer.get_weights()))
+    with pytest.raises(ValueError, match="trainable_from='nope'.*stage0_conv0"):
+        get_backbone("small_cnn", TINY, trainable_from="nope")

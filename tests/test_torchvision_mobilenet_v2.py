@@ -221,3 +221,27 @@ def _all_layers(model):
         yield layer
         if isinstance(layer, keras.Model):
             yield from _all_layers(layer)
+
+
+@needs_weights
+def test_glyphs_flagfile_builds_a_stride_16_head_on_a_partly_frozen_backbone(tmp_path,
+                                                                          monkeypatch):
+    from absl import flags as absl_flags
+
+    from dgml_tf import flagfiles, train
+    from dgml_tf import flags as dgml_flags
+
+    monkeypatch.chdir(tmp_path)
+    values = absl_flags.FlagValues()
+    for define in (dgml_flags.define_data_flags, dgml_flags.define_model_flags,
+                   dgml_flags.define_training_flags, dgml_flags.define_output_flags):
+        define(values)
+    values(flagfiles.resolve_flagfile_args(["train", "--flagfile=glyphs.flags"]))
+    model = train.build_embedding_model(values.flag_values_dict())
+    # 64 px at stride 16: a 4x4 map for the K=3 attention maps.
+    assert tuple(model.output["attention"].shape) == (None, 3, 4, 4)
+    backbone = model.get_layer("mobilenet_v2_backbone")
+    layers = {l.name: l for l in backbone.get_layer("mobilenet_v2_torchvision").layers}
+    assert "features_15_conv_0_0" not in layers  # cut after block 14's expansion
+    assert not layers["features_10_conv_2"].trainable  # frozen before block 11
+    assert layers["features_11_conv_0_0"].trainable and layers["features_14_conv_0_0"].trainable

@@ -126,3 +126,64 @@ def test_unknown_flagfile_lists_bundled_ones(tmp_path):
     assert result.returncode == 2
     assert "cub" in result.stderr and "fashion_mnist" in result.stderr
     assert not glob.glob(str(tmp_path / "runs"))
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_worker_cli_run_equals_the_single_process_run(tmp_path):
+    """`python -m dgml_tf.train` under TF_CONFIG (2 local workers, MultiWorkerMirroredStrategy
+    through the custom loop) ends with the weights of a one-process run on the same global
+    batches; only the chief writes the run directory."""
+    from dgml_tf.evaluate import load_model  # registers our layers
+
+    flags = ["--flagfile=fashion_mnist.flags", "--val_classes=0", "--image_size=16",
+             "--resize_size=16", "--epochs=2", "--steps_per_epoch=3", "--num_groups=2",
+             "--embedding_dim=16", "--classes_per_batch=4", "--images_per_class=2",
+             "--eval_max_per_class=10", "--projector_max_points=0", "--num_attention_images=0",
+             # Frozen BN statistics: per-replica batch statistics would differ by design.
+             "--freeze_bn", "--verbose=0"]
+    single = str(tmp_path / "single")
+    result = run_cli("dgml_tf.train", flags + [f"--output_dir={single}"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    multi = str(tmp_path / "multi")
+    hosts = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    base_env = {k: v for k, v in os.environ.items()
+                if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")}
+    procs = []
+    for index in range(2):
+        env = {**base_env, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "CUDA_VISIBLE_DEVICES": "", "NO_PROXY": "localhost,127.0.0.1",
+               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
+                                        "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dgml_tf.train", *flags, f"--output_dir={multi}"],
+            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    try:
+        logs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+
+    summary = json.load(open(os.path.join(multi, "summary.json")))
+    assert summary["training"]["replicas"] == 2
+    assert not os.path.exists(os.path.join(multi, "workers"))  # worker scratch removed
+    one = load_model(os.path.join(single, "best.keras"))
+    two = load_model(os.path.join(multi, "best.keras"))
+    # Adam moves a weight by about lr = 1e-3 per step whatever the gradient's size, so a
+    # different global batch shows up far above this tolerance; reduction order stays below.
+    for w1, w2 in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-4)
+    assert summary["metrics"]["concatenated"]["recall@1"] == pytest.approx(
+        json.load(open(os.path.join(single, "summary.json")))["metrics"]["concatenated"][
+            "recall@1"])

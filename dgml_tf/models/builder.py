@@ -28,6 +28,8 @@ def build_embedding_model(
     projection: bool = False,
     diversity_weight: float = 0.0,
     name: str | None = None,
+    feature_layer: str | None = None,
+    trainable_from: str | None = None,
 ) -> keras.Model:
     """Builds an image -> embedding model.
 
@@ -58,6 +60,10 @@ def build_embedding_model(
             to the group embeddings (model.losses). Ignored by "single", whose diversity loss
             is 0 by definition (K = 1).
         name: model name; defaults to ``"<backbone>_<head>"``.
+        feature_layer: backbone layer whose output feeds the head (None: the last feature
+            map); see :func:`dgml_tf.models.get_backbone`.
+        trainable_from: freeze the backbone layers before this one (None: train them all);
+            see :func:`dgml_tf.models.get_backbone`.
 
     Returns:
         A functional ``keras.Model`` with the output dict above.
@@ -91,7 +97,8 @@ def build_embedding_model(
     )
 
     images = keras.Input(tuple(input_shape), name="image", dtype="float32")
-    features = get_backbone(backbone, input_shape, weights, freeze_batch_norm)(images)
+    features = get_backbone(backbone, input_shape, weights, freeze_batch_norm,
+                            feature_layer=feature_layer, trainable_from=trainable_from)(images)
     attention = None
     if head == "attentive":
         groups, attention = AttentiveGrouping(

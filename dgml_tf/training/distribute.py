@@ -73,3 +73,31 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """True for strategies spanning several worker processes (``model.fit`` is broken there)."""
     extended = strategy.extended
     return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker strategy.
+
+    As in Keras' multi-worker guide: the task of type "chief", or worker 0 when the cluster
+    names no chief, writes the run's outputs; every other worker writes to a scratch copy.
+    """
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_output_dir(strategy: tf.distribute.Strategy, output_dir: str) -> str:
+    """``output_dir`` for the chief; ``<output_dir>/workers/<type><id>`` for other workers.
+
+    Every worker runs the same steps (collectives need all of them) and saves the same files;
+    only the chief's land in the run directory, so workers never overwrite each other.
+    """
+    if is_chief(strategy):
+        return output_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(output_dir, "workers", f"{resolver.task_type}{resolver.task_id}")
