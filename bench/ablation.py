@@ -86,6 +86,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "of each class only (smoke runs; unset: the full protocol).")
     parser.add_argument("--output_dir", default=None,
                         help="Default outputs/ablation/<dataset>.")
+    parser.add_argument("--render_only", action="store_true",
+                        help="Rewrite ablation.md / ablation.png from <output_dir>/ablation.json "
+                             "without training or evaluating anything.")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -276,6 +279,37 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]], keys: Sequence[str]) ->
     return {key: mean_std([per_seed[s].get(key) for s in sorted(per_seed)]) for key in keys}
 
 
+def ordered_rows(result: Mapping[str, Any]) -> List[str]:
+    """Trained variants in VARIANTS order, then the baselines (JSON round trips sort keys)."""
+    rows = result["rows"]
+    trained = [n for n in VARIANTS if n in rows]
+    return trained + sorted(n for n in rows if n not in trained)
+
+
+def paired_differences(result: Mapping[str, Any], reference: str = "attentive_div"
+                       ) -> Dict[str, Dict[str, Any]]:
+    """``reference`` minus each other trained variant, per seed, then mean +- std over seeds.
+
+    Runs of one seed share the class split and the initialisation seed, so the paired
+    difference removes the split-to-split spread that dominates the plain std.
+    """
+    rows = result["rows"]
+    if reference not in rows:
+        return {}
+    ref = rows[reference]["per_seed"]
+    out = {}
+    for name in ordered_rows(result):
+        if name == reference or name not in VARIANTS:
+            continue
+        other = rows[name]["per_seed"]
+        seeds = sorted(set(ref) & set(other), key=int)
+        out[name] = {key: mean_std([ref[s][key] - other[s][key] for s in seeds
+                                    if ref[s].get(key) is not None
+                                    and other[s].get(key) is not None])
+                     for key, _ in METRICS}
+    return out
+
+
 def format_markdown(result: Mapping[str, Any]) -> str:
     """The ablation table: metrics in percent (mean +- std over seeds), diversity statistics."""
 
@@ -291,7 +325,8 @@ def format_markdown(result: Mapping[str, Any]) -> str:
              "| variant | " + " | ".join(name for _, name in METRICS)
              + " | group cosine | attention overlap |",
              "|---" * (len(METRICS) + 3) + "|"]
-    for name, row in result["rows"].items():
+    for name in ordered_rows(result):
+        row = result["rows"][name]
         metrics = " | ".join(cell(row["metrics"].get(key)) for key, _ in METRICS)
         div = row.get("diversity") or {}
         lines.append(f"| {name} | {metrics} | {cell(div.get('group_cosine'), 1, 3)} | "
@@ -299,6 +334,15 @@ def format_markdown(result: Mapping[str, Any]) -> str:
     lines += ["", "Baselines without training (raw pixels; frozen ImageNet backbone, globally "
               "pooled) are evaluated on the same test images and crop. Group cosine and attention "
               "overlap: mean over pairs of groups and test images (lower = more distinct)."]
+    paired = paired_differences(result)
+    if paired:
+        lines += ["", "Paired per seed (same class split and seed): attentive_div minus each "
+                  "variant, mean ± std over seeds (percentage points).", "",
+                  "| attentive_div minus | " + " | ".join(n for _, n in METRICS) + " |",
+                  "|---" * (len(METRICS) + 1) + "|"]
+        for name, stats in paired.items():
+            lines.append(f"| {name} | "
+                         + " | ".join(cell(stats[key]) for key, _ in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -310,7 +354,7 @@ def plot(result: Mapping[str, Any], path: str) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = list(result["rows"])
+    names = ordered_rows(result)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], METRICS):
         stats = [result["rows"][n]["metrics"].get(key) or {} for n in names]
@@ -329,8 +373,25 @@ def plot(result: Mapping[str, Any], path: str) -> str:
     return path
 
 
+def write_report(result: Mapping[str, Any], output_dir: str) -> str:
+    """Writes ablation.md and ablation.png for ``result``; returns the markdown."""
+    text = format_markdown(result)
+    with open(os.path.join(output_dir, "ablation.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    plot(result, os.path.join(output_dir, "ablation.png"))
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
+    if args.render_only:
+        path = os.path.join(args.output_dir, "ablation.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"--render_only needs {path}; run the ablation first.")
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        print(write_report(result, args.output_dir))
+        return result
     os.makedirs(args.output_dir, exist_ok=True)
     base = training_config(args.flagfile, overrides(args))
     print(f"Ablation on {args.dataset}: variants {args.variants}, seeds 0..{args.seeds - 1}, "
@@ -372,17 +433,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             rows[label] = {"metrics": aggregate(per_seed, keys), "per_seed": per_seed}
 
     result = {"dataset": args.dataset, "flagfile": args.flagfile, "seeds": args.seeds,
+              "variants": list(args.variants),
               "backbone": base["backbone"], "embedding_dim": base["embedding_dim"],
               "num_groups": base["num_groups"], "lambda_div": base["lambda_div"],
               "epochs": base["epochs"], "steps_per_epoch": base["steps_per_epoch"],
               "eval_max_per_class": args.eval_max_per_class, "rows": rows}
-    text = format_markdown(result)
     with open(os.path.join(args.output_dir, "ablation.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2, sort_keys=True, default=float)
-    with open(os.path.join(args.output_dir, "ablation.md"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    plot(result, os.path.join(args.output_dir, "ablation.png"))
-    print(text)
+    print(write_report(result, args.output_dir))
     return result
 
 

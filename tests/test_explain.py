@@ -235,3 +235,32 @@ def test_ablation_commands_are_valid_training_configs_and_stats_are_sample_std(t
     assert ablation.mean_std([0.3]) == {"mean": 0.3, "std": 0.0, "n": 1}
     with pytest.raises(SystemExit):
         ablation.parse_args(["--variants=single,bogus"])
+
+
+def test_ablation_paired_differences_and_render_only(tmp_path):
+    ablation = _ablation_module()
+    metrics = lambda r1, m, n: {"recall@1": r1, "map@r": m, "nmi": n}  # noqa: E731
+    # After a JSON round trip: string seeds, rows in alphabetical order.
+    result = {"dataset": "toy", "backbone": "small_cnn", "embedding_dim": 8, "epochs": 1,
+              "steps_per_epoch": 1, "seeds": 2, "rows": {
+                  "attentive_div": {"per_seed": {"0": metrics(0.8, 0.5, 0.9),
+                                                 "1": metrics(0.7, 0.6, 0.8)}},
+                  "raw_pixels": {"per_seed": {"0": metrics(0.1, 0.1, 0.1),
+                                              "1": metrics(0.1, 0.1, 0.1)}},
+                  "single": {"per_seed": {"0": metrics(0.6, 0.4, 0.9),
+                                          "1": metrics(0.7, 0.3, 0.6)}}}}
+    for row in result["rows"].values():
+        row["metrics"] = ablation.aggregate(row["per_seed"], ["recall@1", "map@r", "nmi"])
+    paired = ablation.paired_differences(result)
+    assert list(paired) == ["single"]  # baselines are not trained variants
+    # Differences per seed: R@1 (0.2, 0.0), MAP@R (0.1, 0.3), NMI (0.0, 0.2).
+    assert paired["single"]["recall@1"]["mean"] == pytest.approx(0.1)
+    assert paired["single"]["map@r"]["mean"] == pytest.approx(0.2)
+    assert paired["single"]["map@r"]["std"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert ablation.ordered_rows(result) == ["single", "attentive_div", "raw_pixels"]
+    with open(tmp_path / "ablation.json", "w") as handle:
+        json.dump(result, handle)
+    ablation.main(["--render_only", f"--output_dir={tmp_path}"])
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| single | 10.0 ± 14.1 | 20.0 ± 14.1 | 10.0 ± 14.1 |" in text
+    assert (tmp_path / "ablation.png").stat().st_size > 0
