@@ -123,17 +123,9 @@ def overrides(args: argparse.Namespace) -> List[str]:
 
 def training_config(flagfile: str, extra: Sequence[str] = ()) -> Dict[str, Any]:
     """The flag values train.py would use for ``--flagfile`` plus ``extra`` (no TF import)."""
-    from absl import flags as absl_flags
-
-    from dgml_tf import flagfiles
     from dgml_tf import flags as dgml_flags
 
-    values = absl_flags.FlagValues()
-    for define in (dgml_flags.define_data_flags, dgml_flags.define_model_flags,
-                   dgml_flags.define_training_flags, dgml_flags.define_output_flags):
-        define(values)
-    values(flagfiles.resolve_flagfile_args(["train", f"--flagfile={flagfile}", *extra]))
-    return values.flag_values_dict()
+    return dgml_flags.training_config_from_args([f"--flagfile={flagfile}", *extra])
 
 
 def run_dir_of(output_dir: str, variant: str, seed: int) -> str:
@@ -331,8 +323,10 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         div = row.get("diversity") or {}
         lines.append(f"| {name} | {metrics} | {cell(div.get('group_cosine'), 1, 3)} | "
                      f"{cell(div.get('attention_overlap'), 1, 3)} |")
-    lines += ["", "Baselines without training (raw pixels; frozen ImageNet backbone, globally "
-              "pooled) are evaluated on the same test images and crop. Group cosine and attention "
+    frozen = any(name.startswith(PRETRAINED_FEATURES) for name in result["rows"])
+    lines += ["", "Baselines without training (raw pixels"
+              + ("; frozen ImageNet backbone, globally pooled" if frozen else "")
+              + ") are evaluated on the same test images and crop. Group cosine and attention "
               "overlap: mean over pairs of groups and test images (lower = more distinct)."]
     paired = paired_differences(result)
     if paired:

@@ -317,3 +317,52 @@ def _round_up_batch(p: int, m: int, replicas: int) -> int:
     while (candidate * m) % replicas:
         candidate += 1
     return candidate
+
+
+# Flags that may differ between a run and its continuation: they change logging, evaluation
+# batching or where files live, not what is trained.
+RESUME_INSENSITIVE_FLAGS = frozenset({
+    "verbose", "resume", "output_dir", "data_dir", "eval_batch_size", "num_attention_images",
+    "projector_max_points",
+})
+
+
+def normalize_config(config: Mapping[str, object]) -> dict:
+    """train.py's run config from raw flag values: sorted keys, the decay epochs as a list and
+    the default output_dir filled in (``runs/<dataset>``)."""
+    config = {name: config[name] for name in sorted(config)}
+    config["lr_decay_epochs"] = decay_epochs(config)
+    config["output_dir"] = config["output_dir"] or os.path.join("runs", str(config["dataset"]))
+    return config
+
+
+def _training_flag_values() -> absl_flags.FlagValues:
+    values = absl_flags.FlagValues()
+    for define in (define_data_flags, define_model_flags, define_training_flags,
+                   define_output_flags):
+        define(values)
+    return values
+
+
+def training_config_from_args(argv: List[str]) -> dict:
+    """The run config ``python -m dgml_tf.train *argv`` would use (flagfiles resolved by bare
+    name), parsed into fresh FlagValues without importing TensorFlow."""
+    from dgml_tf import flagfiles
+
+    values = _training_flag_values()
+    values(flagfiles.resolve_flagfile_args(["train", *argv]))
+    return normalize_config(values.flag_values_dict())
+
+
+def changed_training_flags(stored: Mapping[str, object], config: Mapping[str, object]) -> List[str]:
+    """``--flag: old -> new`` for every flag that changes what a run trains (JSON-normalised,
+    so a stored config.json compares equal to the live config it was written from)."""
+    import json
+
+    values = _training_flag_values()
+    # A run written before a flag existed ran with that flag's default.
+    stored = {**{name: values[name].default for name in values}, **dict(stored)}
+    old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (stored, config))
+    return [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}"
+            for name in sorted(set(old) | set(new))
+            if name not in RESUME_INSENSITIVE_FLAGS and old.get(name) != new.get(name)]

@@ -154,6 +154,25 @@ def _results_table(summary: dict, baseline: dict) -> str:
     return "\n".join(lines)
 
 
+def _set_aside_if_trained_otherwise(out: str, run_dir: str, train_args: list) -> None:
+    """Moves ``out`` to ``<out>.previous-<time>`` when its run was trained with other flags
+    (e.g. an updated bundled flagfile), so every stage is redone and nothing is deleted."""
+    from dgml_tf import flags as dgml_flags
+
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        return
+    with open(config_path, encoding="utf-8") as handle:
+        stored = json.load(handle)
+    changed = dgml_flags.changed_training_flags(
+        stored, dgml_flags.training_config_from_args(train_args))
+    if changed:
+        aside = f"{out}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(out, aside)
+        print(f"{run_dir} was trained with other flags ({'; '.join(changed)}); moved the old "
+              f"outputs to {aside} and starting over.")
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -161,12 +180,15 @@ def main(argv: Sequence[str]) -> None:
     out = os.path.abspath(FLAGS.output_dir)
     if FLAGS.fresh and os.path.isdir(out):
         shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
     run_dir = os.path.join(out, "run")
+    data_args = [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
+    train_args = [f"--flagfile={FLAGS.flagfile_name}", f"--output_dir={run_dir}", *data_args,
+                  *(f"--{a}" for a in FLAGS.train_args)]
+    _set_aside_if_trained_otherwise(out, run_dir, train_args)
+    os.makedirs(out, exist_ok=True)
     serving_base = os.path.join(out, "serving")
     index_dir = os.path.join(out, "index")
     explain_dir = os.path.join(out, "explain")
-    data_args = [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
     artifacts: dict[str, str] = {}
 
     _stage("1/6 train (Fashion-MNIST zero-shot: classes 0-4 train, 5-9 test)")
@@ -174,9 +196,7 @@ def main(argv: Sequence[str]) -> None:
     if os.path.exists(summary_path):
         print(f"reusing the finished run in {run_dir} (--fresh to retrain)")
     else:
-        extra = [f"--{a}" for a in FLAGS.train_args]
-        _run("dgml_tf.train", f"--flagfile={FLAGS.flagfile_name}", f"--output_dir={run_dir}",
-             *data_args, *extra)
+        _run("dgml_tf.train", *train_args)
     artifacts["training run (config, checkpoints, TensorBoard)"] = run_dir
     artifacts["best model"] = os.path.join(run_dir, "best.keras")
     artifacts["test summary"] = summary_path

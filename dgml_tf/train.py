@@ -210,6 +210,31 @@ def _count(value: float):
     return int(value) if float(value).is_integer() else float(value)
 
 
+def check_resumable(output_dir: str, checkpoint_dir: str, config: Mapping[str, Any]) -> None:
+    """Refuses to continue a run whose checkpoints were trained with other flags.
+
+    Raises:
+        FlagValidationError: naming every changed flag and the three ways out; nothing in
+            ``output_dir`` is touched.
+    """
+    import json
+
+    from dgml_tf.callbacks.checkpointing import POINTER
+
+    config_path = os.path.join(output_dir, "config.json")
+    if not (os.path.isfile(config_path) and os.path.isfile(os.path.join(checkpoint_dir, POINTER))):
+        return
+    with open(config_path, encoding="utf-8") as handle:
+        stored = json.load(handle)
+    changed = dgml_flags.changed_training_flags(stored, config)
+    if changed:
+        raise dgml_flags.FlagValidationError(
+            f"{output_dir} holds a run trained with other flags:\n  - " + "\n  - ".join(changed)
+            + "\nRerun with that run's flags to continue it, pass --noresume to start over in "
+            "this directory (its checkpoints and best.keras are replaced), or choose another "
+            "--output_dir.")
+
+
 def train(config: Dict[str, Any]) -> Dict[str, Any]:
     """Runs training, selection and the final test evaluation; returns the summary."""
     import keras
@@ -234,6 +259,8 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
         for stale in (os.path.join(checkpoint_dir, cb.checkpointing.POINTER), best_path):
             if os.path.exists(stale):
                 os.remove(stale)
+    else:
+        check_resumable(output_dir, checkpoint_dir, config)
     write_config(output_dir, config)
 
     errors = dgml_flags.validate_training_flags(config, num_replicas=replicas)
@@ -356,10 +383,8 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
 def config_from_flags(values: absl_flags.FlagValues = FLAGS) -> Dict[str, Any]:
     """The flag values as a plain dict, with the default output_dir filled in."""
     config = values.flag_values_dict()
-    config = {name: config[name] for name in sorted(config) if name in _OWN_FLAGS}
-    config["lr_decay_epochs"] = dgml_flags.decay_epochs(config)
-    config["output_dir"] = config["output_dir"] or os.path.join("runs", config["dataset"])
-    return config
+    return dgml_flags.normalize_config({name: value for name, value in config.items()
+                                        if name in _OWN_FLAGS})
 
 
 def main(argv: List[str]) -> None:

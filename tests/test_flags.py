@@ -218,3 +218,22 @@ def test_small_flagfiles_are_valid(name, tmp_path, monkeypatch):
     assert dgml_flags.validate_training_flags(v) == []
     if name != "fashion_mnist":
         assert (v["backbone"], v["weights"]) == ("mobilenet_v2", "torchvision")
+
+
+def test_changed_training_flags_names_what_changes_training_only(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--flagfile=fashion_mnist.flags", "--output_dir=run"]
+    stored = json.loads(json.dumps(dgml_flags.training_config_from_args(base)))  # as config.json
+    same = dgml_flags.training_config_from_args(base + ["--verbose=0", "--eval_batch_size=7"])
+    assert dgml_flags.changed_training_flags(stored, same) == []
+    other = dgml_flags.training_config_from_args(base + ["--epochs=9", "--lambda_div=0.5"])
+    assert dgml_flags.changed_training_flags(stored, other) == [
+        "--epochs: 3 -> 9", "--lambda_div: 0.02 -> 0.5"]
+    # A config.json written before a flag existed: that flag ran at its default.
+    old_run = {k: v for k, v in stored.items() if k != "hflip"}
+    assert dgml_flags.changed_training_flags(old_run, same) == []
+    assert dgml_flags.changed_training_flags(
+        old_run, dgml_flags.training_config_from_args(base + ["--nohflip"])) == [
+        "--hflip: True -> False"]

@@ -187,3 +187,17 @@ def test_two_worker_cli_run_equals_the_single_process_run(tmp_path):
     assert summary["metrics"]["concatenated"]["recall@1"] == pytest.approx(
         json.load(open(os.path.join(single, "summary.json")))["metrics"]["concatenated"][
             "recall@1"])
+
+
+def test_resuming_with_other_flags_is_refused_and_leaves_the_run_intact(tiny_run, tmp_path):
+    out, _ = tiny_run
+    with open(os.path.join(out, "best.keras"), "rb") as handle:
+        before = handle.read()
+    changed = [a for a in TINY if not a.startswith("--epochs")] + ["--epochs=3", "--verbose=0"]
+    result = run_cli("dgml_tf.train", changed + [f"--output_dir={out}"], cwd=str(tmp_path))
+    assert result.returncode == 1
+    assert "holds a run trained with other flags" in result.stderr
+    assert "--epochs: 2 -> 3" in result.stderr and "--noresume" in result.stderr
+    with open(os.path.join(out, "best.keras"), "rb") as handle:
+        assert handle.read() == before
+    assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 2
