@@ -28,7 +28,8 @@ Usage::
 
     # smoke check (minutes)
     python bench/ablation.py --seeds=1 --epochs=1 --steps_per_epoch=3
-    # the real thing (hours on 2 CPU cores; --resume continues an interrupted ablation)
+    # the real thing (measured on 2 cores: ~30 min fashion_mnist, ~55 min glyphs;
+    # --resume continues an interrupted ablation; --render_only redraws the report)
     python bench/ablation.py --dataset=fashion_mnist --seeds=3 --resume
     python bench/ablation.py --dataset=glyphs --seeds=3 --resume
 """
