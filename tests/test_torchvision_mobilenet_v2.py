@@ -226,18 +226,12 @@ def _all_layers(model):
 @needs_weights
 def test_glyphs_flagfile_builds_a_stride_16_head_on_a_partly_frozen_backbone(tmp_path,
                                                                           monkeypatch):
-    from absl import flags as absl_flags
-
-    from dgml_tf import flagfiles, train
+    from dgml_tf import train
     from dgml_tf import flags as dgml_flags
 
     monkeypatch.chdir(tmp_path)
-    values = absl_flags.FlagValues()
-    for define in (dgml_flags.define_data_flags, dgml_flags.define_model_flags,
-                   dgml_flags.define_training_flags, dgml_flags.define_output_flags):
-        define(values)
-    values(flagfiles.resolve_flagfile_args(["train", "--flagfile=glyphs.flags"]))
-    model = train.build_embedding_model(values.flag_values_dict())
+    config = dgml_flags.training_config_from_args(["--flagfile=glyphs.flags"])
+    model = train.build_embedding_model(config)
     # 64 px at stride 16: a 4x4 map for the K=3 attention maps.
     assert tuple(model.output["attention"].shape) == (None, 3, 4, 4)
     backbone = model.get_layer("mobilenet_v2_backbone")
