@@ -9,7 +9,9 @@ Example:
     python -m dgml_tf.evaluate --run_dir=runs/cub --split=test
     python -m dgml_tf.evaluate --run_dir=runs/fm --split=val --data_dir=/data/fashion-mnist
 
-Writes ``<run_dir>/eval_<split>.json`` and ``eval_<split>.md`` and prints the table.
+Writes ``<run_dir>/eval_<split>.json`` and ``eval_<split>.md`` and prints the table;
+``--per_class`` adds ``eval_<split>_per_class.json``/``.md`` (which classes the embedding fails
+on, hidden in the mean otherwise).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def define_flags(values: absl_flags.FlagValues = FLAGS) -> None:
                               "each class only (quick checks; unset for the full protocol).",
                               flag_values=values)
     absl_flags.DEFINE_bool("nmi", True, "Also compute k-means NMI (slow for big test sets).",
+                           flag_values=values)
+    absl_flags.DEFINE_bool("per_class", False, "Also write eval_<split>_per_class.json/.md: "
+                           "Recall@K, MAP@R and R-precision of each class's queries.",
                            flag_values=values)
     dgml_flags.define_data_flags(values)
 
@@ -97,6 +102,59 @@ def _groups(embedded: Mapping[str, Any]):
     return np.asarray(embedded["embedding"])[:, None, :]
 
 
+def embed_split(model, splits, config: Mapping[str, Any], split: str = "test") -> dict:
+    """Embeds ``split`` for evaluation: {"groups", "labels", "query_groups", "query_labels"}
+    (the query entries are None for self-retrieval; In-Shop test is query vs gallery).
+
+    ``groups`` are the (N, K, d) unit group embeddings; flattening them gives the concatenated
+    embedding. ``config`` as for :func:`evaluate_model`.
+    """
+    limit = config.get("eval_max_per_class")
+    pair = evaluation_sets(config["dataset"], split)
+    embedded = []
+    for name in pair or (split,):
+        records = limit_per_class(splits.split(name), limit)
+        if pair is None and len({r.label for r in records}) < 2:
+            raise ValueError(f"The {split} split has {len({r.label for r in records})} "
+                             "class(es); retrieval needs >= 2 (check --val_classes).")
+        embedded.append(embed_records(model, records, splits.arrays, config))
+    gallery = embedded[-1]
+    return {"groups": _groups(gallery), "labels": gallery["labels"],
+            "query_groups": _groups(embedded[0]) if pair else None,
+            "query_labels": embedded[0]["labels"] if pair else None}
+
+
+def _concatenated(groups):
+    return None if groups is None else groups.reshape(len(groups), -1)
+
+
+def evaluate_embedded(embedded: Mapping[str, Any], config: Mapping[str, Any],
+                      compute_nmi: bool = True, per_group: bool = True
+                      ) -> Dict[str, Dict[str, float]]:
+    """Metrics of an :func:`embed_split` result: {"concatenated": {...}, "group_k": {...}}."""
+    from dgml_tf.evaluation import evaluate_groups, evaluate_retrieval, recall_ks_for
+
+    options = dict(recall_ks=recall_ks_for(config["dataset"]), compute_nmi=compute_nmi,
+                   seed=int(config.get("seed") or 0))
+    if not per_group:
+        return {"concatenated": evaluate_retrieval(
+            _concatenated(embedded["groups"]), embedded["labels"],
+            _concatenated(embedded["query_groups"]), embedded["query_labels"], **options)}
+    return evaluate_groups(embedded["groups"], embedded["labels"], embedded["query_groups"],
+                           embedded["query_labels"], **options)
+
+
+def evaluate_per_class(embedded: Mapping[str, Any], config: Mapping[str, Any]
+                       ) -> Dict[int, Dict[str, float]]:
+    """Recall@K, MAP@R and R-precision of the concatenated embedding per query class."""
+    from dgml_tf.evaluation import evaluate_retrieval_per_class, recall_ks_for
+
+    return evaluate_retrieval_per_class(
+        _concatenated(embedded["groups"]), embedded["labels"],
+        _concatenated(embedded["query_groups"]), embedded["query_labels"],
+        recall_ks=recall_ks_for(config["dataset"]))
+
+
 def evaluate_model(model, splits, config: Mapping[str, Any], split: str = "test",
                    compute_nmi: bool = True, per_group: bool = True
                    ) -> Dict[str, Dict[str, float]]:
@@ -111,32 +169,8 @@ def evaluate_model(model, splits, config: Mapping[str, Any], split: str = "test"
         compute_nmi: include k-means NMI.
         per_group: also evaluate each group alone (else only "concatenated").
     """
-    from dgml_tf.evaluation import evaluate_groups, evaluate_retrieval, recall_ks_for
-
-    options = dict(recall_ks=recall_ks_for(config["dataset"]), compute_nmi=compute_nmi,
-                   seed=int(config.get("seed") or 0))
-    limit = config.get("eval_max_per_class")
-    pair = evaluation_sets(config["dataset"], split)
-    names = pair or (split,)
-    embedded = []
-    for name in names:
-        records = limit_per_class(splits.split(name), limit)
-        if pair is None and len({r.label for r in records}) < 2:
-            raise ValueError(f"The {split} split has {len({r.label for r in records})} "
-                             "class(es); retrieval needs >= 2 (check --val_classes).")
-        embedded.append(embed_records(model, records, splits.arrays, config))
-    gallery = embedded[-1]
-    groups = _groups(gallery)
-    query_groups = _groups(embedded[0]) if pair else None
-    query_labels = embedded[0]["labels"] if pair else None
-    if not per_group:
-        # Flattening the (N, K, d) unit groups gives the concatenated embedding.
-        flat = groups.reshape(len(groups), -1)
-        flat_queries = None if query_groups is None else query_groups.reshape(
-            len(query_groups), -1)
-        return {"concatenated": evaluate_retrieval(flat, gallery["labels"], flat_queries,
-                                                   query_labels, **options)}
-    return evaluate_groups(groups, gallery["labels"], query_groups, query_labels, **options)
+    return evaluate_embedded(embed_split(model, splits, config, split), config,
+                             compute_nmi=compute_nmi, per_group=per_group)
 
 
 def load_model(path: str):
@@ -185,13 +219,35 @@ def main(argv: List[str]) -> None:
     splits = pipelines.load_dataset(config["dataset"], config.get("data_dir"),
                                     **({} if val is None else {"val_classes": _count(val)}),
                                     seed=int(config.get("seed") or 0))
-    results = evaluate_model(model, splits, config, FLAGS.split, compute_nmi=FLAGS.nmi)
+    embedded = embed_split(model, splits, config, FLAGS.split)
+    results = evaluate_embedded(embedded, config, compute_nmi=FLAGS.nmi)
     summary = build_summary(config, results, split=FLAGS.split,
                             training={"model": os.path.abspath(model_path)})
     out_dir = FLAGS.run_dir or os.path.dirname(os.path.abspath(model_path))
     text = write_summary(out_dir, summary, json_name=f"eval_{FLAGS.split}.json",
                          table_name=f"eval_{FLAGS.split}.md")
     print(text)
+    if FLAGS.per_class:
+        print(write_per_class(out_dir, FLAGS.split, evaluate_per_class(embedded, config),
+                              splits.class_names))
+
+
+def write_per_class(out_dir: str, split: str, rows: Mapping[int, Mapping[str, float]],
+                    class_names: Optional[Mapping[int, str]] = None) -> str:
+    """Writes ``eval_<split>_per_class.json`` (label -> metrics) and ``.md`` (one row per
+    class, named when the dataset has names); returns the markdown text."""
+    from dgml_tf.callbacks.atomic import write_json_atomically, write_text_atomically
+    from dgml_tf.evaluation import format_table
+
+    names = class_names or {}
+    table = format_table({f"{label} {names.get(label, '')}".strip(): row
+                          for label, row in rows.items()}, row_header="class")
+    text = (f"Per-class retrieval on the {split} split (concatenated embedding; each row "
+            f"averages that class's queries):\n\n{table}\n")
+    write_json_atomically(os.path.join(out_dir, f"eval_{split}_per_class.json"),
+                          {str(label): dict(row) for label, row in rows.items()})
+    write_text_atomically(os.path.join(out_dir, f"eval_{split}_per_class.md"), text)
+    return text
 
 
 def _count(value: float):

@@ -130,6 +130,28 @@ def test_mirrored_loss_and_gradients_equal_single_device_global_batch():
     assert abs(expected["grads"][-1]) > 1e-3
 
 
+def test_mirrored_tensorflow_similarity_loss_equals_single_device_global_batch():
+    """A Keras loss wrapped in PerGroupLoss (tfsim's multi-similarity, as --loss=multisimilarity
+    builds it) keeps its weight under 2 replicas: Keras' Loss.__call__ would divide it by R."""
+    pytest.importorskip("tensorflow_similarity")
+    from tensorflow_similarity.losses import MultiSimilarityLoss
+
+    from dgml_tf.losses import PerGroupLoss
+
+    def factory():
+        return PerGroupLoss(MultiSimilarityLoss, num_groups=2)
+
+    images, labels = worker.global_batch()
+    expected = reference(images, labels, factory())
+    logs, new_weights = one_fit_step(two_cpu_strategy(), factory,
+                                     lambda m: keras.optimizers.SGD(1.0))
+    assert expected["embedding_loss"] > 0.1
+    for name in ("loss", "embedding_loss", "diversity_loss"):
+        assert logs[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-6), name
+    for w0, w1, grad in zip(expected["weights"], new_weights, expected["grads"]):
+        np.testing.assert_allclose(w0 - w1, grad, rtol=1e-4, atol=1e-6)
+
+
 def test_pairs_span_replicas():
     # Each replica holds one image of each class: alone, a replica sees no positive pair.
     images, labels = worker.global_batch()

@@ -15,6 +15,7 @@ from dgml_tf.evaluation import (
     average_precision_at_r,
     evaluate_groups,
     evaluate_retrieval,
+    evaluate_retrieval_per_class,
     format_table,
     kmeans_nmi,
     nearest_neighbours,
@@ -78,6 +79,56 @@ def random_set(n, dim, num_classes, seed, singletons=0):
 def assert_matches(result, expected):
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=1e-9), key
+
+
+# ---------------------------------------------------------------- per class
+@pytest.mark.parametrize("chunk_size", [5, 1000])
+def test_per_class_rows_match_brute_force_on_each_class_queries(chunk_size):
+    """Each row is the brute-force metric of that class's queries against the whole gallery
+    (self-retrieval), including singleton classes whose MAP@R is undefined."""
+    x, y = random_set(47, 5, 6, seed=3, singletons=2)
+    ks = (1, 4)
+    rows = evaluate_retrieval_per_class(x, y, recall_ks=ks, chunk_size=chunk_size)
+    assert list(rows) == sorted(set(y.tolist()))
+    rankings = brute_rankings(x, x, "cosine", exclude_self=True)
+    for label, row in rows.items():
+        mine = np.flatnonzero(y == label)
+        hits = [[any(y[j] == label for j in rankings[i][:k]) for k in ks] for i in mine]
+        assert row["num_queries"] == len(mine)
+        for col, k in enumerate(ks):
+            assert row[f"recall@{k}"] == pytest.approx(np.mean([h[col] for h in hits]))
+        if len(mine) == 1:
+            assert row["num_queries_without_relevant"] == 1 and np.isnan(row["map@r"])
+            continue
+        r = len(mine) - 1
+        aps = [sum((np.cumsum(rel) / np.arange(1, r + 1))[rel]) / r
+               for rel in (np.array([y[j] == label for j in rankings[i][:r]]) for i in mine)]
+        assert row["map@r"] == pytest.approx(np.mean(aps), abs=1e-12)
+
+
+def test_per_class_rows_average_to_the_overall_metrics_query_vs_gallery():
+    x, y = random_set(60, 4, 5, seed=4)
+    gallery, g_labels, queries, q_labels = x[20:], y[20:], x[:20], y[:20]
+    overall = evaluate_retrieval(gallery, g_labels, queries, q_labels, recall_ks=(1, 8),
+                                 compute_nmi=False)
+    rows = evaluate_retrieval_per_class(gallery, g_labels, queries, q_labels, recall_ks=(1, 8))
+    counts = np.array([row["num_queries"] for row in rows.values()])
+    assert counts.sum() == 20
+    for key in ("recall@1", "recall@8", "map@r", "r_precision"):
+        weighted = sum(row[key] * n for row, n in zip(rows.values(), counts)) / counts.sum()
+        assert weighted == pytest.approx(overall[key], abs=1e-12), key
+
+
+def test_per_class_hand_made():
+    # Item 3 (class 1) sits next to class 0: its query finds item 1 first and misses; item 2's
+    # nearest is item 3 (a hit); both class-0 queries find each other first.
+    x = np.array([[1., 0.], [.9, .1], [0., 1.], [.7, .3]])
+    rows = evaluate_retrieval_per_class(x, [0, 0, 1, 1], recall_ks=(1,))
+    assert rows[0]["recall@1"] == 1.0 and rows[0]["map@r"] == 1.0
+    assert rows[1]["recall@1"] == 0.5 and rows[1]["map@r"] == 0.5
+    lines = format_table(rows, row_header="class").splitlines()
+    assert lines[0].startswith("| class | recall@1 | map@r |")
+    assert lines[3].startswith("| 1 | 50.00")
 
 
 # ---------------------------------------------------------------- self-retrieval

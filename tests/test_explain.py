@@ -223,10 +223,16 @@ def test_ablation_commands_are_valid_training_configs_and_stats_are_sample_std(t
         assert (config["epochs"], config["steps_per_epoch"]) == (1, 3)
         assert config["output_dir"] == os.path.join(str(tmp_path), "runs", variant, "seed1")
         heads[variant] = (config["head"], config["embedding_dim"], config["lambda_div"])
-    # Same embedding budget everywhere; diversity only in attentive_div (flagfile's 0.02).
-    assert heads == {"single": ("single", 128, 0.0), "grouping": ("grouping", 128, 0.0),
-                     "attentive_nodiv": ("attentive", 128, 0.0),
-                     "attentive_div": ("attentive", 128, 0.02)}
+    # Same embedding budget everywhere; diversity only in attentive_div (the flagfile's value,
+    # read from the file's text here).
+    with open(os.path.join(REPO, "dgml_tf", "configs", "fashion_mnist.flags")) as handle:
+        lines = dict(line.strip().split("=", 1) for line in handle if line.startswith("--")
+                     and "=" in line)
+    dim, weight = int(lines["--embedding_dim"]), float(lines["--lambda_div"])
+    assert weight > 0
+    assert heads == {"single": ("single", dim, 0.0), "grouping": ("grouping", dim, 0.0),
+                     "attentive_nodiv": ("attentive", dim, 0.0),
+                     "attentive_div": ("attentive", dim, weight)}
     values = [0.5, 0.7, 0.65]
     stats = ablation.mean_std(values + [float("nan")])
     assert stats["n"] == 3

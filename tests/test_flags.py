@@ -230,7 +230,7 @@ def test_changed_training_flags_names_what_changes_training_only(tmp_path, monke
     assert dgml_flags.changed_training_flags(stored, same) == []
     other = dgml_flags.training_config_from_args(base + ["--epochs=9", "--lambda_div=0.5"])
     assert dgml_flags.changed_training_flags(stored, other) == [
-        "--epochs: 3 -> 9", "--lambda_div: 0.02 -> 0.5"]
+        "--epochs: 3 -> 9", "--lambda_div: 1.0 -> 0.5"]
     # A config.json written before a flag existed: that flag ran at its default.
     old_run = {k: v for k, v in stored.items() if k != "hflip"}
     assert dgml_flags.changed_training_flags(old_run, same) == []

@@ -16,7 +16,7 @@ from dgml_tf.evaluation.groups import evaluate_groups
 from dgml_tf.evaluation.neighbours import iter_neighbour_chunks, nearest_neighbours
 from dgml_tf.evaluation.ranking_metrics import average_precision_at_r, r_precision, recall_hits
 from dgml_tf.evaluation.recall_ks import DEFAULT_RECALL_KS, recall_ks_for
-from dgml_tf.evaluation.retrieval import evaluate_retrieval
+from dgml_tf.evaluation.retrieval import evaluate_retrieval, evaluate_retrieval_per_class
 from dgml_tf.evaluation.table import format_table
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "average_precision_at_r",
     "evaluate_groups",
     "evaluate_retrieval",
+    "evaluate_retrieval_per_class",
     "format_table",
     "iter_neighbour_chunks",
     "kmeans_nmi",

@@ -15,6 +15,7 @@ gallery index ascending (see :mod:`dgml_tf.evaluation.neighbours`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Sequence
 
 import numpy as np
@@ -93,6 +94,75 @@ def evaluate_retrieval(
         1.0
     """
     ks = _check_ks(recall_ks)
+    scores = _score_queries(embeddings, labels, query_embeddings, query_labels, ks=ks,
+                            compute_map_at_r=compute_map_at_r, chunk_size=chunk_size,
+                            metric=metric)
+    results = _aggregate(scores, ks, compute_map_at_r, np.ones(len(scores.labels), bool))
+    if compute_nmi:
+        if scores.self_retrieval:
+            points, classes = scores.gallery, scores.gallery_labels
+        else:
+            points = np.concatenate([scores.queries, scores.gallery])
+            classes = np.concatenate([scores.labels, scores.gallery_labels])
+        results["nmi"] = kmeans_nmi(points, classes, n_init=nmi_n_init, seed=seed)
+    results["num_queries"] = results.pop("num_queries")
+    results["num_queries_without_relevant"] = results.pop("num_queries_without_relevant")
+    return results
+
+
+def evaluate_retrieval_per_class(
+    embeddings,
+    labels,
+    query_embeddings=None,
+    query_labels=None,
+    *,
+    recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
+    compute_map_at_r: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    metric: str = "cosine",
+) -> Dict[int, Dict[str, float]]:
+    """:func:`evaluate_retrieval`'s Recall@K, MAP@R and R-precision averaged per query class.
+
+    The same protocol and ranking; each class's row averages over that class's queries only, so
+    a class the embedding fails on is visible instead of hidden in the mean. (NMI is a property
+    of the whole clustering and has no per-class value.)
+
+    Returns:
+        ``{label: {"recall@K": ..., "map@r": ..., "r_precision": ..., "num_queries": ...,
+        "num_queries_without_relevant": ...}}`` ordered by label; the overall metrics are the
+        query-count-weighted means of these rows. Pass it to :func:`format_table` for a table.
+
+    Example:
+        >>> x = np.array([[1., 0.], [.9, .1], [0., 1.], [.7, .3]])
+        >>> rows = evaluate_retrieval_per_class(x, [0, 0, 1, 1], recall_ks=(1,))
+        >>> rows[0]["recall@1"], rows[1]["recall@1"]
+        (1.0, 0.5)
+    """
+    ks = _check_ks(recall_ks)
+    scores = _score_queries(embeddings, labels, query_embeddings, query_labels, ks=ks,
+                            compute_map_at_r=compute_map_at_r, chunk_size=chunk_size,
+                            metric=metric)
+    return {int(label): _aggregate(scores, ks, compute_map_at_r, scores.labels == label)
+            for label in np.unique(scores.labels)}
+
+
+@dataclasses.dataclass
+class _QueryScores:
+    """Per-query outcomes of one retrieval pass (what every aggregate is computed from)."""
+
+    queries: np.ndarray
+    labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    self_retrieval: bool
+    relevant_counts: np.ndarray  # R of each query
+    hits: np.ndarray  # (Q, len(ks)) bool: a relevant item within the top K
+    average_precision: np.ndarray  # (Q,) AP@R, NaN where R = 0
+    r_precision: np.ndarray  # (Q,) R-precision, NaN where R = 0
+
+
+def _score_queries(embeddings, labels, query_embeddings, query_labels, *, ks: tuple,
+                   compute_map_at_r: bool, chunk_size: int, metric: str) -> _QueryScores:
     gallery = prepare_embeddings(embeddings, metric, "embeddings")
     gallery_labels = _check_labels(labels, len(gallery), "labels")
     self_retrieval = query_embeddings is None
@@ -114,30 +184,39 @@ def evaluate_retrieval(
     depth = max(ks)
     if compute_map_at_r and relevant_counts.size:
         depth = max(depth, int(relevant_counts.max()))
-    hits = np.zeros(len(ks), dtype=np.int64)
-    ap_sum = rp_sum = 0.0
+    hits = np.zeros((len(queries), len(ks)), dtype=bool)
+    ap = np.full(len(queries), np.nan)
+    rp = np.full(len(queries), np.nan)
     for chunk in iter_neighbour_chunks(queries, gallery, depth, metric=metric,
                                        exclude_self=self_retrieval, chunk_size=chunk_size):
-        rows = slice(chunk.start, chunk.start + len(chunk.indices))
+        rows = np.arange(chunk.start, chunk.start + len(chunk.indices))
         relevant = gallery_labels[chunk.indices] == q_labels[rows, None]
-        hits += recall_hits(relevant, ks).sum(axis=0)
+        hits[rows] = recall_hits(relevant, ks)
         if compute_map_at_r:
             r = relevant_counts[rows]
             has = r > 0
-            ap_sum += float(average_precision_at_r(relevant[has], r[has]).sum())
-            rp_sum += float(r_precision(relevant[has], r[has]).sum())
+            ap[rows[has]] = average_precision_at_r(relevant[has], r[has])
+            rp[rows[has]] = r_precision(relevant[has], r[has])
+    return _QueryScores(queries, q_labels, gallery, gallery_labels, self_retrieval,
+                        relevant_counts, hits, ap, rp)
 
-    num_queries = len(queries)
-    without = int(np.sum(relevant_counts == 0))
-    results: Dict[str, float] = {f"recall@{k}": float(h) / num_queries for k, h in zip(ks, hits)}
+
+def _aggregate(scores: _QueryScores, ks: tuple, compute_map_at_r: bool,
+               selected: np.ndarray) -> Dict[str, float]:
+    """Means over the ``selected`` queries (Recall over all of them, MAP@R and R-precision over
+    those with R >= 1)."""
+    num_queries = int(selected.sum())
+    results: Dict[str, float] = {
+        f"recall@{k}": float(scores.hits[selected, i].sum()) / num_queries
+        for i, k in enumerate(ks)}
+    without = int(np.sum(scores.relevant_counts[selected] == 0))
     if compute_map_at_r:
         scored = num_queries - without
-        results["map@r"] = ap_sum / scored if scored else float("nan")
-        results["r_precision"] = rp_sum / scored if scored else float("nan")
-    if compute_nmi:
-        points = gallery if self_retrieval else np.concatenate([queries, gallery])
-        classes = gallery_labels if self_retrieval else np.concatenate([q_labels, gallery_labels])
-        results["nmi"] = kmeans_nmi(points, classes, n_init=nmi_n_init, seed=seed)
+        # Summed in query order, as one running sum: the mean does not depend on chunking.
+        results["map@r"] = (float(np.nansum(scores.average_precision[selected])) / scored
+                            if scored else float("nan"))
+        results["r_precision"] = (float(np.nansum(scores.r_precision[selected])) / scored
+                                  if scored else float("nan"))
     results["num_queries"] = num_queries
     results["num_queries_without_relevant"] = without
     return results

@@ -14,11 +14,12 @@ def _metric_order(name: str):
     return (order.get(name, 4 if name not in _COUNTS else 5), 0, name)
 
 
-def format_table(results: Mapping) -> str:
+def format_table(results: Mapping, row_header: str = "embedding") -> str:
     """Formats :func:`evaluate_retrieval` or :func:`evaluate_groups` results as a text table.
 
     Fractions are shown as percentages with two decimals, counts as integers. A nested mapping
-    (one row per embedding: "concatenated", "group_0", ...) becomes one row each.
+    (one row per embedding: "concatenated", "group_0", ...; or per class) becomes one row each,
+    under a first column named ``row_header``.
 
     Example:
         >>> print(format_table({"recall@1": 0.5, "num_queries": 4}))
@@ -40,7 +41,7 @@ def format_table(results: Mapping) -> str:
             return str(int(value))
         return f"{100.0 * float(value):.2f}"
 
-    header = (["embedding"] if nested else []) + columns
+    header = ([row_header] if nested else []) + columns
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row_name, row in rows.items():
         cells = ([str(row_name)] if nested else []) + [cell(c, row.get(c)) for c in columns]

@@ -88,7 +88,23 @@ class PerGroupLoss(GroupedMetricLoss):
     def group_loss(self, labels, embeddings, group_index: int):
         if self.normalize:
             embeddings = unit_vectors(embeddings)
-        return self.pairwise_loss(labels, embeddings)
+        inner = self.pairwise_loss
+        if not isinstance(inner, keras.losses.Loss):
+            return inner(labels, embeddings)
+        # Not inner(...): Keras' Loss.__call__ divides by the number of replicas under
+        # tf.distribute, and whoever reduces this loss (MetricLearningModel, Keras' compute_loss)
+        # scales once more, so the inner loss would count 1/R too little (tested with R=2).
+        values = inner.call(labels, keras.ops.cast(embeddings, inner.dtype))
+        if len(values.shape) == 0:
+            return values
+        if inner.reduction == "sum":
+            return keras.ops.sum(values)
+        if inner.reduction in (None, "none"):
+            raise ValueError(
+                "PerGroupLoss: the inner loss has reduction='none' but each group needs a "
+                "scalar; use 'sum_over_batch_size' (mean) or 'sum'."
+            )
+        return keras.ops.mean(values)
 
     def get_config(self) -> dict:
         config = super().get_config()
