@@ -105,8 +105,6 @@ def evaluate_retrieval(
             points = np.concatenate([scores.queries, scores.gallery])
             classes = np.concatenate([scores.labels, scores.gallery_labels])
         results["nmi"] = kmeans_nmi(points, classes, n_init=nmi_n_init, seed=seed)
-    results["num_queries"] = results.pop("num_queries")
-    results["num_queries_without_relevant"] = results.pop("num_queries_without_relevant")
     return results
 
 
