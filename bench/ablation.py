@@ -16,10 +16,10 @@ Each run is ``python -m dgml_tf.train --flagfile=<dataset>.flags --seed=S --head
 validation classes and writes the test metrics of that model to ``summary.json``. This script
 collects them and reports mean +- standard deviation (over seeds, ddof=1) of Recall@1, MAP@R and
 NMI on the unseen test classes, next to training-free baselines on the same test split at the
-same evaluation crop: raw-pixel cosine nearest neighbours, and for datasets trained from an
-ImageNet backbone (glyphs) the frozen backbone's globally pooled features. For the attentive
-variants it adds the "distinct groups" statistics of ``dgml_tf.explain`` (mean pairwise group
-cosine and attention overlap on the test split).
+same evaluation crop: raw-pixel cosine nearest neighbours, and for runs trained from an ImageNet
+backbone (glyphs, fashion_mnist_pretrained) the frozen backbone's globally pooled features. For the
+attentive variants it adds the "distinct groups" statistics of ``dgml_tf.explain`` (mean pairwise
+group cosine and attention overlap on the test split).
 
 Writes ``ablation.json``, ``ablation.md`` and ``ablation.png`` (bars with std error bars) into
 ``--output_dir`` (default ``outputs/ablation/<dataset>``) and prints the markdown table.
@@ -32,6 +32,9 @@ Usage::
     # --resume continues an interrupted ablation; --render_only redraws the report)
     python bench/ablation.py --dataset=fashion_mnist --seeds=3 --resume
     python bench/ablation.py --dataset=glyphs --seeds=3 --resume
+    # another flagfile of a dataset (~32 min with two runs at a time)
+    python bench/ablation.py --dataset=fashion_mnist --flagfile=fashion_mnist_pretrained.flags \
+        --output_dir=outputs/ablation/fashion_mnist_pretrained --seeds=3 --jobs=2 --resume
 """
 
 from __future__ import annotations

@@ -269,6 +269,16 @@ def test_run_progress_estimates_remaining_time():
     assert "45.0 s/epoch" in lines[1] and "ETA 2.2 min" in lines[1]
 
 
+def test_run_progress_lists_losses_not_the_loss_groups_learning_rate():
+    # The margin betas' parameter group is named "loss": its rate keys end in "loss" too.
+    lines = []
+    progress = cb.RunProgress(1, log=lines.append, clock=lambda: 0.0)
+    progress.on_epoch_end(0, {"loss": 2.0, "embedding_loss": 1.5, "diversity_loss": 0.5,
+                              "learning_rate_loss": 5e-4, "lr_loss": 5e-4, "lr_backbone": 1e-4})
+    shown = lines[0].split(": ", 1)[1].split(";")[0]
+    assert shown == "diversity_loss=0.5, embedding_loss=1.5, loss=2", shown
+
+
 def test_progress_bar_shows_the_run_total(capsys):
     x, y = _data(n=8)
     model = _regression_model()

@@ -239,3 +239,20 @@ def test_glyphs_flagfile_builds_a_stride_16_head_on_a_partly_frozen_backbone(tmp
     assert "features_15_conv_0_0" not in layers  # cut after block 14's expansion
     assert not layers["features_10_conv_2"].trainable  # frozen before block 11
     assert layers["features_11_conv_0_0"].trainable and layers["features_14_conv_0_0"].trainable
+
+
+@needs_weights
+def test_fashion_mnist_pretrained_flagfile_puts_one_group_on_each_cell(tmp_path, monkeypatch):
+    # The recipe of both Fashion-MNIST flagfiles: as many attentive groups as map positions
+    # (README, probes), so each group can keep its own cell of the aligned images.
+    from dgml_tf import train
+    from dgml_tf import flags as dgml_flags
+
+    monkeypatch.chdir(tmp_path)
+    config = dgml_flags.training_config_from_args(["--flagfile=fashion_mnist_pretrained.flags"])
+    model = train.build_embedding_model(config)
+    _, groups, height, width = model.output["attention"].shape
+    assert (height, width) == (4, 4)  # 64 px at stride 16
+    assert groups == height * width == config["num_groups"]
+    assert tuple(model.output["embedding"].shape) == (None, config["embedding_dim"])
+    assert config["embedding_dim"] % groups == 0

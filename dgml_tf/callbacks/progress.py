@@ -8,6 +8,15 @@ from typing import Callable, Optional
 import keras
 
 
+# Learning rates are logged per parameter group, and one group is called "loss" (the margin
+# loss' betas): "learning_rate_loss" / "lr_loss" end in "loss" but are rates.
+_RATE_PREFIXES = ("learning_rate", "lr_")
+
+
+def _is_loss(key: str) -> bool:
+    return key.endswith("loss") and not key.startswith(_RATE_PREFIXES)
+
+
 class RunProgress(keras.callbacks.Callback):
     """Prints ``epoch e/E, losses, elapsed, ETA of the run`` after each epoch.
 
@@ -37,7 +46,7 @@ class RunProgress(keras.callbacks.Callback):
         mean = sum(self._durations) / max(1, len(self._durations))
         remaining = mean * max(0, self.total_epochs - epoch - 1)
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items())
-                          if k.endswith("loss"))
+                          if _is_loss(k))
         self.log(f"epoch {epoch + 1}/{self.total_epochs}: {shown}; "
                  f"{mean:.1f} s/epoch, ETA {remaining / 60:.1f} min")
 
