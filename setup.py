@@ -17,7 +17,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "serving": ["scann[tf]==1.4.2", "tensorflow-serving-api==2.20.0"],
+    "serving": ["scann[tf]==1.4.2", "tensorflow-serving-api==2.20.0",
+                # the REST stack (README, "REST service"): ASGI server, routing, metrics
+                "uvicorn==0.54.0", "h11==0.16.0", "starlette==1.10.0", "prometheus_client==0.26.0"],
     "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
     "similarity": ["tensorflow-similarity==0.17.1"],
     "explain": ["matplotlib>=3.8"],
@@ -26,7 +28,12 @@ EXTRAS = {
     # pins torch 1.6 and an old numpy, neither of which is needed to read the file.
     "pretrained": [],
     "benchmark": ["faiss-cpu==1.15.1"],
-    "test": ["pytest>=8", "pyyaml>=6", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22"],
+    "test": ["pytest>=8", "pyyaml>=6", "scikit-learn>=1.4", "matplotlib>=3.8", "scikit-image>=0.22",
+             # the explorer page's browser test (drives Debian's chromium-driver); 4.38: newer
+             # releases need a certifi newer than the index here has
+             "selenium==4.38.0",
+             # the JAX-backend tests (tests/test_backends.py); resolves next to TF 2.20
+             "jax[cpu]==0.10.2"],
 }
 # Everything a user may run, benchmark-only comparisons (faiss) excepted.
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "benchmark" for req in reqs})
@@ -39,7 +46,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["dgml_tf*", "pipelines*", "serving*"]),
-    package_data={"dgml_tf": ["configs/*.flags"], "serving": ["configs/*"]},
+    package_data={"dgml_tf": ["configs/*.flags"], "serving": ["configs/*", "explorer/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

@@ -1,91 +1,128 @@
-"""REST latency of the retrieval service: p50/p99 at concurrency 1 and 8, loopback only.
+"""REST latency and throughput of the service, dynamic batching off vs on, in one run.
 
 Exports a small untrained attentive-grouping embedder (small_cnn, 32 px), indexes a synthetic
-gallery with ScaNN, starts ``python -m serving.server`` as its own process on 127.0.0.1, and
-sends bounded numbers of single-image requests (each cell stops at ``--requests`` requests or
-``--max_seconds``, whichever comes first). Client and server share this machine's cores, so the
+gallery with ScaNN, then starts ``python -m serving.server`` twice on 127.0.0.1 (port 0, found
+from the ready line): once with ``--enable_batching=false``, once with the default batching
+(``--max_batch_size`` 32, ``--batch_timeout_micros`` 2000). Each cell sends single-image requests
+from N client threads (one keep-alive connection each) and stops at ``--requests`` requests or
+``--max_seconds``, whichever comes first. Client and server share this machine's cores, so the
 numbers are an upper bound on what the service alone costs.
 
+Prints the table (p50/p99 ms, req/s, and the on/off ratios side by side) with the CPU flags.
+Goal (issue 14): at concurrency 8, batching on has p99 <= 0.5x and throughput >= 2x of off.
+
 Usage:
-    python bench/rest_latency.py [--requests 200] [--max_seconds 60] [--gallery 256]
+    python bench/rest_latency.py [--requests 400] [--max_seconds 60] [--gallery 256]
+        [--concurrency 8 32] [--grpc]
+
+``--grpc`` also sends the same cells over TF Serving's gRPC API (``--grpc_port``) and prints a
+REST vs gRPC table.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+_READY = re.compile(r" on http://([0-9.]+):(\d+) \(ready")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cpu_flags() -> str:
+    """What ``grep -o 'avx512_bf16\\|avx2' /proc/cpuinfo | sort -u`` prints, on one line."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = sorted(set(re.findall(r"\b(avx512_bf16|avx2)\b", text)))
+    model = re.search(r"model name\s*:\s*(.+)", text)
+    return f"{' '.join(flags) or 'neither avx2 nor avx512_bf16'}" + (f" ({model.group(1).strip()})" if model else "")
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("server did not become ready")
+def start_server(args: list, log_path: Path, timeout: float = 300.0):
+    """Starts the server; returns (process, port) once it logs its ready line."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", "--port=0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                               cwd=str(REPO), text=True)
+    found = {}
+
+    def read():
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            match = _READY.search(line)
+            if match and "port" not in found:
+                found["port"] = int(match.group(2))
+                ready.set()
+        ready.set()
+        log.close()
+
+    ready = threading.Event()
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(timeout) or "port" not in found:
+        process.kill()
+        raise RuntimeError(f"server did not become ready; see {log_path}")
+    return process, found["port"]
 
 
-def _post(url: str, body: bytes) -> float:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=60) as response:
-        response.read()
-    return time.perf_counter() - started
-
-
-def run_cell(url: str, bodies: list, concurrency: int, requests: int, max_seconds: float) -> dict:
+def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int,
+             max_seconds: float) -> dict:
     """Sends up to ``requests`` requests from ``concurrency`` threads; returns latency stats."""
     latencies, errors, lock = [], [0], threading.Lock()
     counter = iter(range(requests))
     stop_at = time.monotonic() + max_seconds
+    start = threading.Barrier(concurrency + 1)
 
     def worker():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        start.wait()
         while time.monotonic() < stop_at:
             with lock:
                 n = next(counter, None)
             if n is None:
-                return
+                break
+            began = time.perf_counter()
             try:
-                elapsed = _post(url, bodies[n % len(bodies)])
-                with lock:
+                connection.request("POST", path, body=bodies[n % len(bodies)],
+                                   headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            elapsed = time.perf_counter() - began
+            with lock:
+                if ok:
                     latencies.append(elapsed)
-            except Exception:  # counted, not raised: the table reports errors
-                with lock:
+                else:
                     errors[0] += 1
+        connection.close()
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
+    start.wait()
+    began = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - began
     ms = np.asarray(latencies) * 1e3
     return {
         "n": len(latencies), "errors": errors[0],
@@ -95,58 +132,167 @@ def run_cell(url: str, bodies: list, concurrency: int, requests: int, max_second
     }
 
 
+def run_grpc_cell(target: str, requests_protos: list, concurrency: int, requests: int,
+                  max_seconds: float) -> dict:
+    """:func:`run_cell` over TF Serving's gRPC API: the same stop rules and statistics, one
+    HTTP/2 channel shared by the client threads (as gRPC clients do), ready-made
+    ``PredictRequest`` protos as the REST cells use ready-made JSON bodies."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    latencies, errors, lock = [], [0], threading.Lock()
+    counter = iter(range(requests))
+    stop_at = time.monotonic() + max_seconds
+    start = threading.Barrier(concurrency + 1)
+
+    def worker():
+        start.wait()
+        while time.monotonic() < stop_at:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                break
+            began = time.perf_counter()
+            try:
+                stub.Predict(requests_protos[n % len(requests_protos)], timeout=120)
+                ok = True
+            except grpc.RpcError:
+                ok = False
+            elapsed = time.perf_counter() - began
+            with lock:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    channel.close()
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "n": len(latencies), "errors": errors[0],
+        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "rps": len(latencies) / wall if wall > 0 else float("nan"),
+    }
+
+
+def grpc_requests(images: list, k) -> list:
+    """One-image ``PredictRequest`` protos for the embedder (``k`` None) or the retrieval model
+    (options travel as scalar input tensors, see serving.grpc_api)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    protos = []
+    for image in images:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "dgml" if k is None else "dgml_retrieval"
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+        if k is not None:
+            request.inputs["k"].CopyFrom(tf.make_tensor_proto(k))
+        protos.append(request)
+    return protos
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print_grpc_table(results: dict, endpoints, concurrency_levels) -> None:
+    """REST and gRPC rows of the same cells side by side."""
+    print("\nREST vs gRPC, the same single-image load (REST: one keep-alive HTTP/1.1 connection "
+          "per client thread; gRPC: one HTTP/2 channel)")
+    print("| endpoint | clients | batching | REST p50 ms | REST p99 ms | REST req/s | gRPC p50 ms | "
+          "gRPC p99 ms | gRPC req/s | gRPC/REST req/s |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in endpoints:
+        for concurrency in concurrency_levels:
+            for mode in ("off", "on"):
+                rest, rpc = results[(name, concurrency, mode)], results[("gRPC " + name, concurrency, mode)]
+                print(f"| {name} | {concurrency} | {mode} | {rest['p50']:.1f} | {rest['p99']:.1f} | "
+                      f"{rest['rps']:.1f} | {rpc['p50']:.1f} | {rpc['p99']:.1f} | {rpc['rps']:.1f} | "
+                      f"{rpc['rps'] / rest['rps']:.2f}x |"
+                      + (f" (gRPC errors: {rpc['errors']})" if rpc["errors"] else ""))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200, help="requests per cell (bound)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per cell (bound)")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="time per cell (bound)")
     parser.add_argument("--gallery", type=int, default=256, help="indexed synthetic images")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--grpc", action="store_true",
+                        help="also send the same cells over gRPC (a REST vs gRPC table)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="rest_latency_") as tmp:
         tmp = Path(tmp)
         labels = [i % 16 for i in range(args.gallery)]
         images = synthetic_gallery(labels)
         version_dir = export_tiny_embedder(tmp / "models", "dgml", 1, seed=0)
         index_gallery(version_dir, images, labels, tmp / "index", backend="scann")
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(tmp / "server.log", "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "serving.server", f"--model_base_path={tmp / 'models' / 'dgml'}",
-                 "--model_name=dgml", f"--index_dir={tmp / 'index'}", f"--port={port}",
-                 "--host=127.0.0.1", "--log_level=WARNING"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        b64 = [{"b64": base64.b64encode(i).decode("ascii")} for i in images[:32]]
+        endpoints = {
+            "dgml:predict (embed)": ("/v1/models/dgml:predict",
+                                     [json.dumps({"instances": [b]}).encode() for b in b64]),
+            "dgml_retrieval:predict k=10": ("/v1/models/dgml_retrieval:predict",
+                                            [json.dumps({"instances": [b], "k": 10}).encode() for b in b64]),
+        }
+        common = [f"--model_base_path={tmp / 'models' / 'dgml'}", "--model_name=dgml",
+                  f"--index_dir={tmp / 'index'}", "--host=127.0.0.1", "--log_level=WARNING"]
+        for mode, flags in (("off", ["--enable_batching=false"]), ("on", ["--enable_batching=true"])):
+            grpc_port = _free_port() if args.grpc else -1
+            process, port = start_server(common + flags + [f"--grpc_port={grpc_port}"],
+                                         tmp / f"server_{mode}.log")
             try:
-                _wait_ready(url, process)
-                b64 = [{"b64": base64.b64encode(i).decode("ascii")} for i in images[:32]]
-                endpoints = {
-                    "dgml:predict (embed)": (f"{url}/v1/models/dgml:predict",
-                                             [json.dumps({"instances": [b]}).encode() for b in b64]),
-                    "dgml_retrieval:predict k=10": (f"{url}/v1/models/dgml_retrieval:predict",
-                                                    [json.dumps({"instances": [b], "k": 10}).encode() for b in b64]),
-                }
-                rows = []
-                for name, (endpoint, bodies) in endpoints.items():
-                    run_cell(endpoint, bodies, 1, 5, 30)  # warm-up (graph tracing, caches)
+                for name, (path, bodies) in endpoints.items():
+                    run_cell(port, path, bodies, 8, 40, 30)  # warm-up (graph tracing, caches)
                     for concurrency in args.concurrency:
-                        stats = run_cell(endpoint, bodies, concurrency, args.requests, args.max_seconds)
-                        rows.append((name, concurrency, stats))
+                        results[(name, concurrency, mode)] = run_cell(
+                            port, path, bodies, concurrency, args.requests, args.max_seconds)
+                if args.grpc:  # the same images and cells over gRPC
+                    for name, k in (("dgml:predict (embed)", None), ("dgml_retrieval:predict k=10", 10)):
+                        protos = grpc_requests(images[:32], k)
+                        target = f"127.0.0.1:{grpc_port}"
+                        run_grpc_cell(target, protos, 8, 40, 30)  # warm-up
+                        for concurrency in args.concurrency:
+                            results[("gRPC " + name, concurrency, mode)] = run_grpc_cell(
+                                target, protos, concurrency, args.requests, args.max_seconds)
             finally:
                 process.terminate()
-                process.wait(timeout=60)
+                process.wait(timeout=120)
 
     print(f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
-          f"{os.cpu_count()} CPU cores shared by client and server")
-    print(f"| endpoint | concurrency | requests | errors | p50 ms | p99 ms | req/s |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|")
-    for name, concurrency, s in rows:
-        print(f"| {name} | {concurrency} | {s['n']} | {s['errors']} | {s['p50']:.1f} | "
-              f"{s['p99']:.1f} | {s['rps']:.1f} |")
+          f"{os.cpu_count()} CPU cores shared by client and server; CPU flags: {cpu_flags()}")
+    print("| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
+          "p99 on/off | req/s on/off |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in endpoints:
+        for concurrency in args.concurrency:
+            off, on = results[(name, concurrency, "off")], results[(name, concurrency, "on")]
+            for mode, s in (("off", off), ("on", on)):
+                ratios = (f"{on['p99'] / off['p99']:.2f}x | {on['rps'] / off['rps']:.2f}x"
+                          if mode == "on" else " | ")
+                print(f"| {name} | {concurrency} | {mode} | {s['n']} | {s['errors']} | "
+                      f"{s['p50']:.1f} | {s['p99']:.1f} | {s['rps']:.1f} | {ratios} |")
+    if args.grpc:
+        print_grpc_table(results, endpoints, args.concurrency)
     return 0
 
 

@@ -8,7 +8,10 @@ step repeatedly on a fixed batch with Adam (the authors' CUB parameter groups: c
 decay 3e-3 on the backbone and key/value convs, 1e-3 on the queries, the betas at their own rate
 without decay) and prints images/s as JSON on the last line. With ``--count_flops`` one extra
 step runs under ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward FLOPs, dense
-convolution taps) and the JSON has ``step_flops``.
+convolution taps) and the JSON has ``step_flops``. ``--precision bf16`` runs the forward pass
+and the losses under ``torch.autocast(device_type="cpu", dtype=torch.bfloat16)`` (float32 master
+weights and optimizer, as Keras' ``mixed_bfloat16`` policy): the like-for-like reference of the
+``bf16`` variants.
 
 Note: torchvision's ResNet50 is "v1.5" (stride 2 in the 3x3 conv of a bottleneck), Keras'
 ``ResNet50`` is v1 (stride in the first 1x1 conv): the PyTorch network does ~6% more arithmetic.
@@ -96,6 +99,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--count_flops", action="store_true")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
     if args.batch < 2 or args.batch % 2 or args.warmup < 1:
         parser.error("--batch must be even and >= 2 (classes x 2) and --warmup >= 1.")
@@ -115,9 +119,12 @@ def main():
     labels = torch.arange(args.batch) // 2
 
     def step():
-        groups, _ = net.head(net.backbone(images))
-        emb = sum(margin_loss(groups[:, g], labels, net.beta[:, g]) for g in range(num_groups))
-        loss = emb / num_groups + 0.02 * diversity_loss(groups)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16,
+                            enabled=args.precision == "bf16"):
+            groups, _ = net.head(net.backbone(images))
+            emb = sum(margin_loss(groups[:, g], labels, net.beta[:, g])
+                      for g in range(num_groups))
+            loss = emb / num_groups + 0.02 * diversity_loss(groups)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -142,6 +149,7 @@ def main():
         rates.append(args.batch * args.steps / (time.perf_counter() - start))
     print(json.dumps({
         "framework": "pytorch " + torch.__version__,
+        "precision": args.precision,
         "images_per_s": rates,
         "first_step_s": first_step_s,
         "step_flops": step_flops,

@@ -15,14 +15,21 @@ Every measurement runs in its own subprocess (TensorFlow reads ``TF_ENABLE_ONEDN
 time), each one warms up (XLA compiles, tf.data fills its buffer) and then times ``--repeats``
 blocks of ``--steps`` steps. The table gives the median block rate and the min-max range.
 
-Variants (``--variants``, comma separated; combine options with ``+``, e.g. ``onednn+xla``):
+Variants (``--variants``, comma separated; combine options with ``+``, e.g. ``nodet+xla``):
 
-* ``default``: the environment as TensorFlow ships (oneDNN off on this CPU unless TF decides
-  otherwise; the table says what TF reported), images fed from an in-memory tensor;
-* ``onednn``: ``TF_ENABLE_ONEDNN_OPTS=1``;
+* ``default``: what ``python -m dgml_tf.train`` does by default (``dgml_tf/hardware.py``):
+  oneDNN on unless ``TF_ENABLE_ONEDNN_OPTS`` is set, op determinism on for CPU-only training,
+  ``--mixed_precision=auto`` (bf16 only where the hardware has it), images fed from an
+  in-memory tensor;
+* ``nodet``: op determinism off (``--nodeterministic``); ``det``: on (the CPU default);
+* ``tfdefault``: oneDNN as TensorFlow ships it (off on CPUs without AVX-512 VNNI/BF16 or AMX;
+  the table says what TF reported); ``noonednn``: ``TF_ENABLE_ONEDNN_OPTS=0``;
+* ``onednn``: ``TF_ENABLE_ONEDNN_OPTS=1`` (what the default sets when unset);
 * ``xla``: ``model.compile(jit_compile=True)``;
 * ``bf16`` / ``fp16``: Keras ``mixed_bfloat16`` / ``mixed_float16`` global policy (CPUs without
-  bf16/fp16 arithmetic emulate it: expected slower; reported as measured);
+  bf16/fp16 arithmetic emulate it: expected slower; reported as measured). A ``bf16`` variant is
+  compared with the PyTorch reference under ``torch.autocast(dtype=torch.bfloat16)`` (like for
+  like), the others with PyTorch in float32;
 * ``pipeline``: batches from ``pipelines.make_train_dataset`` (JPEG decode of the crop window,
   random resized crop, flip, prefetch) on generated 500x375 JPEGs instead of an in-memory tensor.
 
@@ -58,8 +65,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TORCH_PYTHON = os.path.join(REPO, ".venv-torch", "bin", "python")
 RESULT_MARKER = "RESULT_JSON "
-OPTIONS = ("onednn", "xla", "bf16", "fp16", "pipeline")
-DEFAULT_VARIANTS = "default,onednn,xla,onednn+xla,bf16,fp16,pipeline,onednn+pipeline"
+OPTIONS = ("onednn", "noonednn", "tfdefault", "det", "nodet", "xla", "bf16", "fp16", "pipeline")
+DEFAULT_VARIANTS = "default,nodet,tfdefault,bf16"
 # The authors' CUB recipe (method.md); the rates do not change the speed, the ops they imply do.
 LAMBDA_DIV = 0.02
 
@@ -75,17 +82,29 @@ def parse_variant(name: str) -> tuple:
             f"Unknown variant {name!r}: use 'default' or options {list(OPTIONS)} joined by '+', "
             "e.g. 'onednn+xla'."
         )
-    if "bf16" in options and "fp16" in options:
-        raise ValueError(f"Variant {name!r} asks for both bf16 and fp16; pick one.")
+    for pair in (("bf16", "fp16"), ("det", "nodet")):
+        if set(pair) <= set(options):
+            raise ValueError(f"Variant {name!r} asks for both {pair[0]} and {pair[1]}; pick one.")
+    if len({"onednn", "noonednn", "tfdefault"} & set(options)) > 1:
+        raise ValueError(f"Variant {name!r}: pick one of onednn, noonednn, tfdefault.")
     return options
 
 
 def variant_environment(options: tuple) -> dict:
-    """The subprocess environment of a variant: oneDNN is decided before TensorFlow loads."""
+    """The subprocess environment of a variant: oneDNN is decided before TensorFlow loads, by
+    the training CLI's own rule unless the variant overrides it."""
+    sys.path.insert(0, REPO)
+    from dgml_tf import hardware
+
     env = dict(os.environ)
     env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    env.pop(hardware.ONEDNN_DEFAULTED, None)
     if "onednn" in options:
         env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    elif "noonednn" in options:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    elif "tfdefault" not in options:
+        hardware.apply_onednn_default(env)
     env.update(
         KERAS_BACKEND="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
@@ -185,14 +204,23 @@ def variant_worker(args) -> dict:
     import keras
     import numpy as np
 
-    if "bf16" in options:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    elif "fp16" in options:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    from dgml_tf import hardware
+
+    # The training CLI's defaults (train.runtime_decisions) unless the variant overrides them.
+    deterministic = hardware.resolve_deterministic(
+        True if "det" in options else False if "nodet" in options else None,
+        len(tf.config.list_physical_devices("GPU")))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = ("mixed_bfloat16" if "bf16" in options else "mixed_float16" if "fp16" in options
+              else hardware.resolve_mixed_precision("auto"))
+    if policy != "none":
+        keras.mixed_precision.set_global_policy(policy)
     batch, size = args.batch, args.image_size
     if batch < 2 or batch % 2:
         raise ValueError(f"--batch must be an even number >= 2 (classes x 2), got {batch}.")
-    result = {"variant": args.variant, "onednn_enabled": _onednn_enabled()}
+    result = {"variant": args.variant, "onednn_enabled": _onednn_enabled(),
+              "deterministic": deterministic, "policy": policy}
     with tempfile.TemporaryDirectory() as folder:
         if "pipeline" in options:
             import pipelines
@@ -371,7 +399,16 @@ def _rate_cell(rates: list) -> str:
     return f"{statistics.median(rates):.2f} ({min(rates):.2f}-{max(rates):.2f})"
 
 
-def render_table(args, machine, versions, results, torch_result, flops, peaks) -> str:
+def _precision(result_or_variant) -> str:
+    """"bf16" for variants trained in bfloat16, else "fp32" (the PyTorch row they compare with)."""
+    variant = result_or_variant if isinstance(result_or_variant, str) else (
+        result_or_variant["variant"])
+    if isinstance(result_or_variant, dict) and result_or_variant.get("policy") == "mixed_bfloat16":
+        return "bf16"
+    return "bf16" if "bf16" in parse_variant(variant) else "fp32"
+
+
+def render_table(args, machine, versions, results, torch_results, flops, peaks) -> str:
     lines = [
         f"### Training step speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
@@ -382,24 +419,26 @@ def render_table(args, machine, versions, results, torch_result, flops, peaks) -
         f"torchvision {versions.get('torchvision', 'n/a')}.",
         f"Batch {args.batch} ({args.batch // 2} classes x 2), {args.image_size} px, "
         f"{args.threads} intra-op thread(s) / 1 inter-op, {args.warmup} warm-up step(s), "
-        f"{args.repeats} repeats x {args.steps} step(s); images/s as median (min-max).",
+        f"{args.repeats} repeats x {args.steps} step(s); images/s as median (min-max). "
+        "\"vs PyTorch\" compares with the PyTorch row of the same precision.",
         "",
     ]
     peak = max((p["gflops"] for p in peaks.values() if "gflops" in p), default=None)
     step_flops = flops.get("step_flops")
-    torch_rate = (statistics.median(torch_result["images_per_s"])
-                  if "images_per_s" in torch_result else None)
+    torch_rates = {k: statistics.median(r["images_per_s"]) for k, r in torch_results.items()
+                   if "images_per_s" in r}
     lines += [
-        "| variant | oneDNN | images/s | ms/step | vs PyTorch | first step (s) | GFLOP/s "
-        "| % of peak | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | oneDNN | determinism | precision | images/s | ms/step | vs PyTorch "
+        "| first step (s) | GFLOP/s | % of peak | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         if "error" in result:
-            lines.append(f"| {result['variant']} | | failed | | | | | | {result['error']} |")
+            lines.append(f"| {result['variant']} | | | | failed | | | | | | {result['error']} |")
             continue
         rate = statistics.median(result["images_per_s"])
         ms = 1000 * args.batch / rate
+        torch_rate = torch_rates.get(_precision(result))
         ratio = f"{rate / torch_rate:.2f}x" if torch_rate else "n/a"
         gflops = step_flops * rate / args.batch / 1e9 if step_flops else None
         notes = []
@@ -407,32 +446,32 @@ def render_table(args, machine, versions, results, torch_result, flops, peaks) -
             notes.append(f"pipeline alone {result['pipeline_alone_images_per_s']:.1f} img/s")
         if not result.get("finite_loss", True):
             notes.append("NON-FINITE LOSS")
-        onednn = {True: "on", False: "off", None: "?"}[result.get("onednn_enabled")]
+        onoff = {True: "on", False: "off", None: "?"}
+        cells = (f"{gflops:.1f} | {100 * gflops / peak:.1f}" if gflops is not None and peak
+                 else "n/a | n/a")
         lines.append(
-            f"| {result['variant']} | {onednn} | {_rate_cell(result['images_per_s'])} "
-            f"| {ms:.0f} | {ratio} | {result['first_step_s']:.1f} "
-            f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {'; '.join(notes)} |"
-            if gflops is not None and peak else
-            f"| {result['variant']} | {onednn} | {_rate_cell(result['images_per_s'])} "
-            f"| {ms:.0f} | {ratio} | {result['first_step_s']:.1f} | n/a | n/a "
-            f"| {'; '.join(notes)} |"
-        )
-    if torch_result:
+            f"| {result['variant']} | {onoff[result.get('onednn_enabled')]} "
+            f"| {onoff[result.get('deterministic')]} | {result.get('policy', '?')} "
+            f"| {_rate_cell(result['images_per_s'])} | {ms:.0f} | {ratio} "
+            f"| {result['first_step_s']:.1f} | {cells} | {'; '.join(notes)} |")
+    for precision, torch_result in torch_results.items():
+        label = "PyTorch reference" + (" (bf16 autocast)" if precision == "bf16" else " (fp32)")
         if "error" in torch_result:
-            lines.append(f"| PyTorch reference | | failed | | | | | | {torch_result['error']} |")
-        else:
-            rate = statistics.median(torch_result["images_per_s"])
-            torch_flops = torch_result.get("step_flops")
-            gflops = torch_flops * rate / args.batch / 1e9 if torch_flops else None
-            cells = (f"{gflops:.1f} | {100 * gflops / peak:.1f}" if gflops and peak
-                     else "n/a | n/a")
-            lines.append(
-                f"| PyTorch reference ({torch_result.get('framework', 'torch')}) | "
-                f"{torch_result.get('mkldnn', '?')} | {_rate_cell(torch_result['images_per_s'])} "
-                f"| {1000 * args.batch / rate:.0f} | 1.00x | "
-                f"{torch_result.get('first_step_s', float('nan')):.1f} | {cells} "
-                "| torchvision ResNet50 (v1.5); FLOPs by torch FlopCounterMode |"
-            )
+            lines.append(f"| {label} | | | | failed | | | | | | {torch_result['error']} |")
+            continue
+        rate = torch_rates[precision]
+        torch_flops = torch_result.get("step_flops")
+        gflops = torch_flops * rate / args.batch / 1e9 if torch_flops else None
+        cells = f"{gflops:.1f} | {100 * gflops / peak:.1f}" if gflops and peak else "n/a | n/a"
+        lines.append(
+            f"| {label}, {torch_result.get('framework', 'torch')} | "
+            f"{torch_result.get('mkldnn', '?')} | off | "
+            f"{'bfloat16 autocast' if precision == 'bf16' else 'float32'} "
+            f"| {_rate_cell(torch_result['images_per_s'])} "
+            f"| {1000 * args.batch / rate:.0f} | 1.00x | "
+            f"{torch_result.get('first_step_s', float('nan')):.1f} | {cells} "
+            "| torchvision ResNet50 (v1.5); FLOPs by torch FlopCounterMode |"
+        )
     lines.append("")
     if step_flops:
         lines.append(
@@ -446,10 +485,11 @@ def render_table(args, machine, versions, results, torch_result, flops, peaks) -
                          f"{flops['step_error']})")
     elif flops:
         lines.append(f"FLOP count failed: {flops.get('error')}")
-    if torch_result.get("step_flops"):
+    fp32 = torch_results.get("fp32", {})
+    if fp32.get("step_flops"):
         lines.append(
             f"FLOPs per step (PyTorch reference, FlopCounterMode, dense taps): "
-            f"{torch_result['step_flops'] / 1e9:.1f} GFLOP."
+            f"{fp32['step_flops'] / 1e9:.1f} GFLOP."
         )
     peak_cells = ", ".join(
         f"oneDNN {name}: {p['gflops']:.1f}" if "gflops" in p else f"oneDNN {name}: {p['error']}"
@@ -460,19 +500,29 @@ def render_table(args, machine, versions, results, torch_result, flops, peaks) -
         f"same threads): {peak_cells} GFLOP/s; % of peak uses "
         f"{f'{peak:.1f}' if peak else 'n/a'} GFLOP/s."
     )
+    rates = {r["variant"]: statistics.median(r["images_per_s"]) for r in results
+             if "error" not in r}
     default = next((r for r in results if r["variant"] == "default" and "error" not in r), None)
-    if default and torch_rate:
-        rate = statistics.median(default["images_per_s"])
+    if default and torch_rates.get(_precision(default)):
+        rate, torch_rate = rates["default"], torch_rates[_precision(default)]
         lines.append(
-            f"Ratio ours (default) / PyTorch: {rate / torch_rate:.2f} "
-            f"({rate:.2f} vs {torch_rate:.2f} images/s)."
+            f"Ratio ours (default CLI path) / PyTorch ({_precision(default)}): "
+            f"{rate / torch_rate:.2f} ({rate:.2f} vs {torch_rate:.2f} images/s)."
         )
+    for with_det, without in (("default", "nodet"), ("det", "nodet")):
+        if with_det in rates and without in rates:
+            cost = 100 * (1 - rates[with_det] / rates[without])
+            lines.append(
+                f"Cost of op determinism: {with_det} {rates[with_det]:.2f} vs {without} "
+                f"{rates[without]:.2f} images/s ({abs(cost):.1f}% "
+                f"{'slower' if cost >= 0 else 'faster'} with it).")
+            break
     best = max((r for r in results if "error" not in r),
                key=lambda r: statistics.median(r["images_per_s"]), default=None)
-    if best and torch_rate:
-        rate = statistics.median(best["images_per_s"])
-        lines.append(f"Ratio ours (best variant, {best['variant']}) / PyTorch: "
-                     f"{rate / torch_rate:.2f}.")
+    if best and torch_rates.get(_precision(best)):
+        lines.append(f"Ratio ours (best variant, {best['variant']}) / PyTorch "
+                     f"({_precision(best)}): "
+                     f"{rates[best['variant']] / torch_rates[_precision(best)]:.2f}.")
     return "\n".join(lines)
 
 
@@ -488,14 +538,16 @@ def run_benchmark(args) -> str:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     peaks = {}
-    for name, options in (("off", ()), ("on", ("onednn",))):
+    for name, options in (("off", ("noonednn",)), ("on", ("onednn",))):
         log(f"matmul peak, oneDNN {name}")
         peaks[name] = run_subprocess(worker_command(args, "peak"), variant_environment(options),
                                      timeout)
         log(f"  {peaks[name]}")
-    log("FLOP count of the train step")
-    flops = run_subprocess(worker_command(args, "flops"), variant_environment(()), timeout)
-    log(f"  {flops}")
+    flops = {}
+    if not args.skip_flops:
+        log("FLOP count of the train step")
+        flops = run_subprocess(worker_command(args, "flops"), variant_environment(()), timeout)
+        log(f"  {flops}")
     results = []
     for variant in variants:
         log(f"variant {variant}")
@@ -504,21 +556,27 @@ def run_benchmark(args) -> str:
         result.setdefault("variant", variant)
         results.append(result)
         log(f"  {result}")
-    torch_result = {}
+    torch_results = {}
     if not args.skip_torch:
-        log("PyTorch reference")
-        if not os.path.exists(TORCH_PYTHON):
-            torch_result = {"error": f"{TORCH_PYTHON} not found: run bench/setup_torch_venv.sh"}
-        else:
-            torch_result = run_subprocess(
+        precisions = ["fp32"] + (["bf16"] if any(_precision(r) == "bf16" for r in results)
+                                 else [])
+        for precision in precisions:
+            log(f"PyTorch reference, {precision}")
+            if not os.path.exists(TORCH_PYTHON):
+                torch_results[precision] = {
+                    "error": f"{TORCH_PYTHON} not found: run bench/setup_torch_venv.sh"}
+                continue
+            torch_results[precision] = run_subprocess(
                 [TORCH_PYTHON, os.path.join(HERE, "torch_reference_step.py"),
                  "--batch", str(args.batch), "--image_size", str(args.image_size),
                  "--threads", str(args.threads), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--count_flops"],
+                 "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                 "--precision", precision,
+                 *(["--count_flops"] if precision == "fp32" and not args.skip_flops else [])],
                 dict(os.environ), timeout,
             )
-        log(f"  {torch_result}")
-    return render_table(args, machine, versions, results, torch_result, flops, peaks)
+            log(f"  {torch_results[precision]}")
+    return render_table(args, machine, versions, results, torch_results, flops, peaks)
 
 
 def main(argv=None) -> None:
@@ -532,6 +590,8 @@ def main(argv=None) -> None:
     parser.add_argument("--matmul_size", type=int, default=4096)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--skip_flops", action="store_true",
+                        help="no FLOP count (no GFLOP/s and %% of peak columns)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     parser.add_argument("--output", help="also write the markdown table to this file")
     parser.add_argument("--quick", action="store_true",

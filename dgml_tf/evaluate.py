@@ -257,6 +257,10 @@ def _count(value: float):
 
 def run(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``dgml-evaluate``)."""
+    from dgml_tf import hardware
+
+    # The training CLI's oneDNN default (before TF loads): the same kernels, the same metrics.
+    hardware.apply_onednn_default()
     define_flags()
     app.run(main, argv=argv or sys.argv)
 

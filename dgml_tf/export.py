@@ -33,6 +33,7 @@ from dgml_tf.exporting.metadata import read_export_metadata, write_export_metada
 from dgml_tf.exporting.model_source import load_embedder
 from dgml_tf.exporting.onnx_export import export_onnx, run_onnx
 from dgml_tf.exporting.preprocessing import check_sizes
+from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from dgml_tf.exporting.serving_configs import parse_labels, write_serving_configs
 from dgml_tf.exporting.signatures import build_export_archive, inspect_embedder
 from dgml_tf.exporting.tf_serving_layout import (
@@ -70,6 +71,7 @@ def export_for_serving(
     resize_size: Optional[int] = 256,
     channels: int = 3,
     metadata: Optional[Mapping[str, Any]] = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> pathlib.Path:
     """Writes one TF Serving version ``<base_dir>/<model_name>/<version>/`` of an embedder.
 
@@ -98,6 +100,10 @@ def export_for_serving(
             (e.g. 37 for 32-px crops).
         channels: image channels (3).
         metadata: extra JSON-serialisable entries for ``dgml_export.json``.
+        max_image_pixels: ``serving_default`` checks each image's header before decoding it and
+            answers ``INVALID_ARGUMENT`` for more pixels than this (all frames of a GIF
+            counted), zero-sized images, animated WebP and unknown formats. Recorded in
+            ``dgml_export.json``. Default 4096 x 4096.
 
     Returns:
         The version directory.
@@ -120,7 +126,9 @@ def export_for_serving(
     spec = inspect_embedder(keras_model, image_size, channels)
     model_dir = pathlib.Path(base_dir) / model_name
     version = resolve_version(model_dir, version)
-    archive = build_export_archive(keras_model, spec, resize_size)
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}.")
+    archive = build_export_archive(keras_model, spec, resize_size, max_image_pixels=max_image_pixels)
     with staged_version_dir(model_dir, version) as staging:
         archive.write_out(os.fspath(staging), verbose=False)
         write_export_metadata(
@@ -130,6 +138,7 @@ def export_for_serving(
                 "version": version,
                 "image_size": list(spec.image_size),
                 "resize_size": resize_size,
+                "max_image_pixels": max_image_pixels,
                 "channels": channels,
                 "embedding_dim": spec.embedding_dim,
                 "num_groups": spec.num_groups,
@@ -172,6 +181,9 @@ def _define_flags(flag_values) -> None:
     define_integer("resize_size", None, "Shorter side before the crop; default round(1.143*H), "
                          "i.e. 256 for 224.")
     define_boolean("onnx", False, "Also write <base_dir>/<model_name>-<version>.onnx.")
+    define_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "serving_default refuses images "
+                   "with more pixels than this (read from the header, before decoding; all GIF "
+                   "frames counted) with INVALID_ARGUMENT. Default 4096*4096.")
     define_list("labels", [], "Version labels for models.config, e.g. stable=3,canary=4.")
 
 
@@ -191,6 +203,7 @@ def main(argv: Sequence[str], FLAGS) -> int:  # noqa: N803 (absl's naming)
         version=FLAGS.version,
         image_size=_as_pair([int(s) for s in FLAGS.image_size]),
         resize_size=FLAGS.resize_size,
+        max_image_pixels=FLAGS.max_image_pixels,
     )
     print(f"SavedModel: {path}  fingerprint {model_fingerprint(path)}")
     if FLAGS.onnx:

@@ -32,7 +32,7 @@ QUERY_GALLERY_DATASETS = ("inshop",)
 BACKBONES = ("resnet50", "small_cnn", "mobilenet_v2")
 HEADS = ("attentive", "grouping", "single")
 LOSSES = ("margin", "binomial", "contrastive", "multisimilarity")
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 # Flag value -> key of dgml_tf.evaluation.evaluate_retrieval's result.
 SELECTION_METRICS = {"map_at_r": "map@r", "recall_at_1": "recall@1"}
 NAMED_WEIGHTS = ("imagenet", "torchvision", "none")
@@ -123,8 +123,14 @@ def define_training_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> N
     absl_flags.DEFINE_list("lr_decay_epochs", ["55"], "Epochs after which lr is multiplied by "
                            "lr_decay_factor (comma-separated; empty for none).", flag_values=values)
     absl_flags.DEFINE_float("lr_decay_factor", 0.3, "Step decay factor.", flag_values=values)
-    absl_flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "Keras dtype policy.",
+    absl_flags.DEFINE_enum("mixed_precision", "auto", MIXED_PRECISION, "Keras dtype policy; "
+                           "auto: mixed_bfloat16 where the hardware has bf16 arithmetic "
+                           "(AVX512_BF16/AMX CPUs, GPUs of compute capability >= 8.0), else "
+                           "none (float32). The choice is recorded in config.json (runtime).",
                            flag_values=values)
+    absl_flags.DEFINE_bool("deterministic", None, "Bitwise-reproducible TF ops (what makes a "
+                           "resumed run equal an uninterrupted one). Unset: on for CPU-only "
+                           "training, where it is cheap, off on GPUs.", flag_values=values)
     absl_flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.", flag_values=values)
     absl_flags.DEFINE_integer("eval_max_per_class", None, "Validate and test on the first N "
                               "images of each class only (quick runs; unset: the full protocol).",
@@ -283,7 +289,9 @@ def training_warnings(values: Mapping[str, object]) -> List[str]:
         warnings.append("--val_classes=1: a validation split of one class ranks every item as "
                         "relevant, so its metrics are always 100% and cannot select a model; use "
                         ">= 2 classes or 0.")
-    if values.get("mixed_precision") == "mixed_bfloat16":
+    from dgml_tf import hardware
+
+    if values.get("mixed_precision") == "mixed_bfloat16" and not hardware.cpu_has_bf16():
         warnings.append("--mixed_precision=mixed_bfloat16 is slow without bfloat16 hardware "
                         "(CPUs without AMX/AVX512-BF16, most GPUs before Ampere); use none or "
                         "mixed_float16 there.")
@@ -321,10 +329,25 @@ def _round_up_batch(p: int, m: int, replicas: int) -> int:
 
 # Flags that may differ between a run and its continuation: they change logging, evaluation
 # batching or where files live, not what is trained.
+# ``deterministic`` changes reduction order, not the recipe; ``runtime`` holds what the machine
+# decided (oneDNN, the resolved precision), compared through the effective precision below.
 RESUME_INSENSITIVE_FLAGS = frozenset({
     "verbose", "resume", "output_dir", "data_dir", "eval_batch_size", "num_attention_images",
-    "projector_max_points",
+    "projector_max_points", "deterministic", "runtime",
 })
+
+
+def effective_mixed_precision(config: Mapping[str, object]) -> object:
+    """The policy a run config trains (or trained) with: the recorded runtime decision, else
+    ``--mixed_precision`` resolved for this machine's CPU (a run from before ``auto`` existed
+    stored ``none``, which ``auto`` equals on a machine without bf16)."""
+    from dgml_tf import hardware
+
+    runtime = config.get("runtime")
+    if isinstance(runtime, Mapping) and runtime.get("mixed_precision"):
+        return runtime["mixed_precision"]
+    value = config.get("mixed_precision")
+    return hardware.resolve_mixed_precision(value) if isinstance(value, str) else value
 
 
 def normalize_config(config: Mapping[str, object]) -> dict:
@@ -363,6 +386,16 @@ def changed_training_flags(stored: Mapping[str, object], config: Mapping[str, ob
     # A run written before a flag existed ran with that flag's default.
     stored = {**{name: values[name].default for name in values}, **dict(stored)}
     old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (stored, config))
-    return [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}"
-            for name in sorted(set(old) | set(new))
-            if name not in RESUME_INSENSITIVE_FLAGS and old.get(name) != new.get(name)]
+    changed = [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}"
+               for name in sorted(set(old) | set(new))
+               if name not in RESUME_INSENSITIVE_FLAGS | {"mixed_precision"}
+               and old.get(name) != new.get(name)]
+    before, after = effective_mixed_precision(old), effective_mixed_precision(new)
+    recorded = all(isinstance(c.get("runtime"), Mapping) for c in (old, new))
+    # Same flag value and one side without this machine's decision (the main job compares
+    # before TensorFlow can see the GPUs): the same run.
+    same_flag = old.get("mixed_precision") == new.get("mixed_precision") and not recorded
+    if before != after and not same_flag:
+        changed.append(f"--mixed_precision: {old.get('mixed_precision')!r} ({before}) -> "
+                       f"{new.get('mixed_precision')!r} ({after})")
+    return sorted(changed)

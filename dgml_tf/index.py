@@ -9,10 +9,12 @@ CLI::
 
 Embeds every gallery image through the export's ``serving_default`` (image bytes, in-graph
 preprocessing), builds the index (exact below ``--exact_below`` items, ScaNN above, per ScaNN's
-guidance), measures ScaNN's recall@10 against exact search, and publishes the version atomically
-(see :mod:`dgml_tf.indexing.publish`). With ``--retrieval_base_dir`` it also writes the exact
-top-k retrieval SavedModel ``<model_name>_retrieval/<version>`` (and with ``--scann_savedmodel``
-the ScaNN-op one) and refreshes ``models.config`` there.
+guidance), measures ScaNN's recall@10 against exact search with held-out queries, and
+publishes the version atomically (see :mod:`dgml_tf.indexing.publish`). With
+``--retrieval_base_dir`` it also writes the exact top-k retrieval SavedModel
+``<model_name>_retrieval/<version>`` (and with ``--scann_savedmodel`` the ScaNN-op one) and
+refreshes ``models.config`` there. Gallery file paths reach clients of the retrieval model only
+with ``--expose_paths``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def index_gallery(
     exact_below: int = BRUTE_FORCE_BELOW,
     batch_size: int = 64,
     progress: bool = True,
+    expose_paths: bool = False,
+    store_images: bool = False,
     **scann_overrides,
 ) -> str:
     """Embeds ``source`` with the export at ``saved_model_dir`` and publishes an index version.
@@ -49,6 +53,10 @@ def index_gallery(
         backend, exact_below: see :func:`dgml_tf.indexing.build_index`.
         batch_size: images per embedding call.
         progress: show tqdm progress bars.
+        expose_paths: let the retrieval model return the gallery's file paths to clients
+            (recorded in the manifest); by default clients get empty ``paths``.
+        store_images: keep each item's encoded image in the index (streamed; PNG for
+            in-memory datasets), so the server's explorer page can show neighbours.
         **scann_overrides: :class:`~dgml_tf.indexing.ScannParams` fields (``num_leaves``, ...);
             ``partition=True/False`` forces or forbids the tree.
 
@@ -73,6 +81,8 @@ def index_gallery(
         exact_below=exact_below,
         scann_params=params,
         model_dir=embedder.path,
+        expose_paths=expose_paths,
+        images=(source.read_bytes(i) for i in range(len(source))) if store_images else None,
         extra={"image_size": embedder.metadata.get("image_size"),
                "model_name": embedder.metadata.get("model_name"),
                "model_version": embedder.metadata.get("version")},
@@ -108,6 +118,10 @@ def _define_flags(flag_values) -> None:
                         "embedder's).")
     define_integer("k", 10, "Neighbours returned by the retrieval SavedModels.")
     define_boolean("scann_savedmodel", False, "Also export the ScaNN-op retrieval SavedModel.")
+    define_boolean("expose_paths", False, "Let the retrieval model return the gallery images' "
+                   "server-side file paths to clients (default: empty 'paths').")
+    define_boolean("store_images", False, "Keep each gallery item's encoded image in the index "
+                   "(the explorer page shows neighbours from it; PNG for in-memory datasets).")
 
 
 def main(argv: Sequence[str], FLAGS) -> int:  # noqa: N803 (absl's naming)
@@ -129,7 +143,9 @@ def main(argv: Sequence[str], FLAGS) -> int:  # noqa: N803 (absl's naming)
         overrides["partition"] = True
         overrides.setdefault("training_sample_size", min(len(source), 250_000))
     version_dir = index_gallery(FLAGS.saved_model, source, FLAGS.index_dir, backend=FLAGS.backend,
-                                exact_below=FLAGS.exact_below, batch_size=FLAGS.batch_size, **overrides)
+                                exact_below=FLAGS.exact_below, batch_size=FLAGS.batch_size,
+                                expose_paths=FLAGS.expose_paths, store_images=FLAGS.store_images,
+                                **overrides)
     index = load_index(FLAGS.index_dir)
     print(f"index: {version_dir}  items={len(index)} backend={index.backend} "
           f"recall@10={index.manifest['recall_at_10']}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +37,9 @@ flags.DEFINE_string("flagfile_name", "fashion_mnist.flags", "Bundled training fl
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: the Debian package's).")
 flags.DEFINE_integer("num_queries", 4, "Test images sent to the REST service.")
 flags.DEFINE_integer("top_k", 5, "Neighbours printed per query.")
-flags.DEFINE_boolean("fresh", False, "Redo every stage even if its output exists.")
+flags.DEFINE_boolean("fresh", False, "Redo every stage even if its output exists: removes "
+                     "--output_dir first, but only a directory this job created (it holds the "
+                     ".dgml-main-job marker); anything else is refused.")
 flags.DEFINE_list("train_args", [], "Extra flags for dgml_tf.train, e.g. epochs=1,steps_per_epoch=5.")
 
 MODEL_NAME = "dgml"
@@ -111,6 +112,22 @@ def _latest_version(base: str) -> str:
     if not versions:
         raise SystemExit(f"No exported version under {base}.")
     return os.path.join(base, str(versions[-1]))
+
+
+def _index_manifest(index_dir: str) -> dict:
+    from dgml_tf.indexing.manifest import read_manifest
+    from dgml_tf.indexing.publish import current_version_dir
+
+    return read_manifest(current_version_dir(index_dir))
+
+
+def _is_served_scann_index(index_dir: str) -> bool:
+    """A published ScaNN index whose recall was measured with held-out queries (else rebuilt)."""
+    if not os.path.exists(os.path.join(index_dir, "CURRENT")):
+        return False
+    manifest = _index_manifest(index_dir)
+    recall = manifest.get("recall_at_10") or {}
+    return manifest.get("backend") == "scann" and recall.get("queries") == "held_out"
 
 
 def _query_service(splits, url: str, artifacts: dict) -> list:
@@ -189,19 +206,40 @@ def _set_aside_if_trained_otherwise(out: str, run_dir: str, train_args: list) ->
               f"outputs to {aside} and starting over.")
 
 
+MARKER = ".dgml-main-job"  # written into --output_dir when this job creates it
+
+
+def _remove_fresh(path: str) -> None:
+    """``--fresh``: removes ``path`` only if an earlier main job created it, else exits."""
+    from dgml_tf.callbacks.atomic import RefusedError, remove_marked_directory
+
+    try:
+        if remove_marked_directory(path, MARKER):
+            print(f"--fresh: removed {path} (created by an earlier main job).")
+    except RefusedError as error:
+        raise SystemExit(f"--fresh {error} Move or delete it yourself, or pass an --output_dir "
+                         "that the main job created (or a new one).") from None
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by every stage's process
+    from dgml_tf import hardware
+
+    hardware.apply_onednn_default()  # before any TF import; every stage inherits it
     out = os.path.abspath(FLAGS.output_dir)
-    if FLAGS.fresh and os.path.isdir(out):
-        shutil.rmtree(out)
+    if FLAGS.fresh:
+        _remove_fresh(out)
     run_dir = os.path.join(out, "run")
     data_args = [f"--data_dir={FLAGS.data_dir}"] if FLAGS.data_dir else []
     train_args = [f"--flagfile={FLAGS.flagfile_name}", f"--output_dir={run_dir}", *data_args,
                   *(f"--{a}" for a in FLAGS.train_args)]
     _set_aside_if_trained_otherwise(out, run_dir, train_args)
-    os.makedirs(out, exist_ok=True)
+    from dgml_tf.callbacks.atomic import create_marked_directory
+
+    create_marked_directory(out, MARKER, "Created by `python -m dgml_tf.main`; its --fresh may "
+                            "remove this directory.")
     serving_base = os.path.join(out, "serving")
     index_dir = os.path.join(out, "index")
     explain_dir = os.path.join(out, "explain")
@@ -244,11 +282,18 @@ def main(argv: Sequence[str]) -> None:
     version_dir = _latest_version(embedder_base)
     artifacts["TF Serving model base (mount at /models)"] = serving_base
     artifacts["embedder SavedModel"] = version_dir
-    if not os.path.exists(os.path.join(index_dir, "CURRENT")):
+    if not _is_served_scann_index(index_dir):
+        # A real ScaNN index even below ScaNN's 20k brute-force guidance (what `auto` would pick):
+        # the service path the main job checks is the one big galleries use. choose_scann_params
+        # suits 5,000 items: asymmetric hashing over all points, 100 candidates re-scored exactly.
         _run("dgml_tf.index", f"--saved_model={version_dir}", "--dataset=fashion_mnist",
              "--split=test", f"--index_dir={index_dir}", f"--retrieval_base_dir={serving_base}",
-             f"--model_name={MODEL_NAME}", *([f"--data_root={FLAGS.data_dir}"]
-                                             if FLAGS.data_dir else []))
+             f"--model_name={MODEL_NAME}", "--backend=scann",
+             "--store_images",  # the explorer shows neighbours (PNG: 2.5 MB for 5,000 images)
+             *([f"--data_root={FLAGS.data_dir}"] if FLAGS.data_dir else []))
+    recall = _index_manifest(index_dir)["recall_at_10"]
+    print(f"ScaNN index recall@10 vs exact search, {recall['num_queries']} held-out queries "
+          f"(searcher over the other {recall['gallery_items']} items): {recall['value']:.4f}")
     artifacts["retrieval index"] = index_dir
 
     _stage("5/6 REST service: start, query, stop")
@@ -266,6 +311,11 @@ def main(argv: Sequence[str]) -> None:
         try:
             _wait_ready(f"{url}/v1/models/{MODEL_NAME}_retrieval", server)
             print(f"service ready at {url} (log: {log_path})")
+            # The retrieval explorer page (serving/explorer/); this service stops after the
+            # queries below, so the line also says how to keep one running.
+            print(f"explorer: {url}/explorer/ while this service runs; to keep one: python -m "
+                  f"serving.server --model_name={MODEL_NAME} --model_base_path={embedder_base} "
+                  f"--index_dir={index_dir}, then open http://127.0.0.1:8501/explorer/")
             _query_service(splits, url, artifacts)
         finally:
             server.terminate()

@@ -11,13 +11,23 @@ directory (a file of that name in the working directory wins); flags after it ov
 
 What a run writes into ``--output_dir``:
 
-- ``config.json``: every flag value; ``checkpoints/``: the last epoch's model + optimizer state
-  (atomic; a rerun of the same command continues from it, e.g. after ``kill -9``);
+- ``config.json``: every flag value, and under ``runtime`` what this machine decided (oneDNN,
+  op determinism, the precision ``--mixed_precision=auto`` chose);
+- ``checkpoints/``: the last two epochs' model + optimizer state (atomic, fsynced, checksummed;
+  a rerun of the same command continues from the newest intact one, e.g. after ``kill -9``);
 - ``best.keras``: the embedding model of the best validation epoch (``--selection_metric``);
 - ``summary.json`` and ``summary.md``: test metrics of ``best.keras`` (concatenated embedding and
   each group), In-Shop as query vs gallery;
 - ``tensorboard/``: losses, per-group learning rates, validation metrics, attention images, and
   the embedding projector of the final model.
+
+``--noresume`` first checks the flags and reads the dataset, and only then moves the previous
+run's checkpoints, ``best.keras``, config, summaries and logs to ``set_aside/<time>-noresume/``
+(printed); nothing is deleted.
+
+Defaults that follow the machine (``dgml_tf/hardware.py``): oneDNN on unless
+``TF_ENABLE_ONEDNN_OPTS`` is set, op determinism on for CPU-only training (``--deterministic``),
+bf16 mixed precision where the hardware has it (``--mixed_precision=auto``).
 
 Determinism: the training stream of epoch ``e`` is seeded from ``(seed, e)`` and mining
 randomness from ``(seed, optimizer step)``, so a resumed run ends with the same weights as an
@@ -38,6 +48,7 @@ from absl import logging
 
 from dgml_tf import flagfiles
 from dgml_tf import flags as dgml_flags
+from dgml_tf import hardware
 
 FLAGS = absl_flags.FLAGS
 _PREDEFINED = frozenset(FLAGS)  # absl's own (logging) flags, not part of a run's config
@@ -49,6 +60,11 @@ dgml_flags.define_output_flags()
 BEST_MODEL = "best.keras"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+# What a run writes (and --noresume sets aside): its results, not the dataset cache files.
+RUN_ARTIFACTS = (CHECKPOINT_DIR, BEST_MODEL, "config.json", "summary.json", "summary.md",
+                 TENSORBOARD_DIR, "eval_test.json", "eval_test.md", "eval_val.json",
+                 "eval_val.md", "eval_test_per_class.json", "eval_test_per_class.md",
+                 "eval_val_per_class.json", "eval_val_per_class.md")
 
 # --augmentation -> random-resized-crop ranges (area fraction, aspect ratio) of the pipeline.
 # "small_shift" keeps most of a 28 px garment (a crop of 64-100% of the area is a shift and a
@@ -222,7 +238,9 @@ def check_resumable(output_dir: str, checkpoint_dir: str, config: Mapping[str, A
     from dgml_tf.callbacks.checkpointing import POINTER
 
     config_path = os.path.join(output_dir, "config.json")
-    if not (os.path.isfile(config_path) and os.path.isfile(os.path.join(checkpoint_dir, POINTER))):
+    has_checkpoint = os.path.isdir(checkpoint_dir) and any(
+        n == POINTER or n.startswith("epoch-") for n in os.listdir(checkpoint_dir))
+    if not (os.path.isfile(config_path) and has_checkpoint):
         return
     with open(config_path, encoding="utf-8") as handle:
         stored = json.load(handle)
@@ -231,8 +249,32 @@ def check_resumable(output_dir: str, checkpoint_dir: str, config: Mapping[str, A
         raise dgml_flags.FlagValidationError(
             f"{output_dir} holds a run trained with other flags:\n  - " + "\n  - ".join(changed)
             + "\nRerun with that run's flags to continue it, pass --noresume to start over in "
-            "this directory (its checkpoints and best.keras are replaced), or choose another "
-            "--output_dir.")
+            "this directory (its checkpoints, best.keras and logs are moved to "
+            "set_aside/<time>-noresume/, not deleted), or choose another --output_dir.")
+
+
+def runtime_decisions(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """What this machine decided for the run (recorded in config.json under ``runtime``):
+    oneDNN, op determinism and the precision ``--mixed_precision`` resolves to."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    capabilities = []
+    for gpu in gpus:
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        capabilities.append(tuple(capability) if capability else (0, 0))
+    flags = hardware.cpu_flags()
+    return {
+        "onednn": {hardware.ONEDNN_VARIABLE: os.environ.get(hardware.ONEDNN_VARIABLE),
+                   "source": ("default" if os.environ.get(hardware.ONEDNN_DEFAULTED) == "1"
+                              else "environment"),
+                   "active": hardware.onednn_active()},
+        "deterministic": hardware.resolve_deterministic(config.get("deterministic"), len(gpus)),
+        "mixed_precision": hardware.resolve_mixed_precision(
+            config["mixed_precision"], flags, capabilities),
+        "gpus": [list(c) for c in capabilities],
+        "cpu_bf16": hardware.cpu_has_bf16(flags),
+    }
 
 
 def train(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -251,25 +293,21 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
     replicas = strategy.num_replicas_in_sync
     # Non-chief workers run every step too, but write to their own scratch directory.
     output_dir = distribute.worker_output_dir(strategy, config["output_dir"])
-    os.makedirs(output_dir, exist_ok=True)
     checkpoint_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     best_path = os.path.join(output_dir, BEST_MODEL)
     tensorboard_dir = os.path.join(output_dir, TENSORBOARD_DIR)
-    if not config["resume"]:
-        for stale in (os.path.join(checkpoint_dir, cb.checkpointing.POINTER), best_path):
-            if os.path.exists(stale):
-                os.remove(stale)
-    else:
-        check_resumable(output_dir, checkpoint_dir, config)
-    write_config(output_dir, config)
-
+    # Nothing in output_dir is touched until the flags and the dataset are known to be good.
     errors = dgml_flags.validate_training_flags(config, num_replicas=replicas)
     if errors:
         raise dgml_flags.FlagValidationError("Invalid flags:\n  - " + "\n  - ".join(errors))
-    # Exact resumption needs bitwise-reproducible kernels; on CPU this costs little.
-    seeding.set_global_seed(int(config["seed"]), op_determinism=True)
-    if config["mixed_precision"] != "none":
-        keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    runtime = runtime_decisions(config)
+    if config["resume"]:
+        # With this machine's decisions: "auto" compares as the precision it resolves to.
+        check_resumable(output_dir, checkpoint_dir, {**config, "runtime": runtime})
+    # Exact resumption needs bitwise-reproducible kernels; on CPU this costs little (README).
+    seeding.set_global_seed(int(config["seed"]), op_determinism=runtime["deterministic"])
+    if runtime["mixed_precision"] != "none":
+        keras.mixed_precision.set_global_policy(runtime["mixed_precision"])
 
     val = config["val_classes"]
     splits = pipelines.load_dataset(config["dataset"], config["data_dir"],
@@ -285,6 +323,14 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
     steps = config["steps_per_epoch"] or default_steps_per_epoch(config, len(train_records))
     has_validation = len({r.label for r in splits.val}) >= 2
 
+    os.makedirs(output_dir, exist_ok=True)
+    cb.remove_stale_temporaries(output_dir)  # e.g. a best.keras save killed half way
+    if not config["resume"]:
+        aside = cb.set_aside(output_dir, RUN_ARTIFACTS, "noresume")
+        if aside:
+            print(f"--noresume: moved the previous run's files to {aside} (nothing deleted).")
+    write_config(output_dir, {**config, "runtime": runtime})
+
     with strategy.scope():
         embedding_model, model = build_training_model(config, num_classes, steps)
 
@@ -296,10 +342,13 @@ def train(config: Dict[str, Any]) -> Dict[str, Any]:
         tracker.restore(state.best)
         start_epoch = state.epoch
         print(f"Resuming from {state.weights_path}: {state.epoch} of {config['epochs']} epochs "
-              "done.")
+              "done.", flush=True)
 
     guard = cb.NonFiniteLossGuard(steps_per_epoch=steps)
     callbacks: List[keras.callbacks.Callback] = [guard]
+    pause = cb.pause_from_environment()  # tests only: a kill point the process reports
+    if pause is not None:
+        callbacks.append(pause)
     if has_validation:
         callbacks.append(cb.ValidationEvaluation(
             lambda m: evaluate_model(m, splits, config, "val", compute_nmi=False,
@@ -397,13 +446,16 @@ def main(argv: List[str]) -> None:
     except dgml_flags.FlagValidationError as error:
         print(str(error), file=sys.stderr)
         sys.exit(1)
-    from dgml_tf.callbacks.nan_guard import NonFiniteLossError  # imports TensorFlow
+    # TF reads TF_ENABLE_ONEDNN_OPTS at import: decide before the first TensorFlow import.
+    hardware.apply_onednn_default()
+    from dgml_tf.callbacks.checkpointing import CheckpointError  # imports TensorFlow
+    from dgml_tf.callbacks.nan_guard import NonFiniteLossError
 
     try:
         train(config)
-    except (dgml_flags.FlagValidationError, NonFiniteLossError) as error:
+    except (dgml_flags.FlagValidationError, CheckpointError, NonFiniteLossError) as error:
         print(str(error), file=sys.stderr)
-        sys.exit(1 if isinstance(error, dgml_flags.FlagValidationError) else 3)
+        sys.exit(3 if isinstance(error, NonFiniteLossError) else 1)
 
 
 def run(argv: Optional[List[str]] = None) -> None:

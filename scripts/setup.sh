@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(dataset-fashion-mnist fonts-noto-core fonts-dejavu-core fonts-freefont-ttf
-              fonts-urw-base35 fonts-liberation2)
+              fonts-urw-base35 fonts-liberation2
+              chromium chromium-driver)  # the explorer page's browser test
 if [[ "${DGML_WITH_BAZEL:-0}" == 1 ]]; then APT_PACKAGES+=(bazel-bootstrap); fi
 
 missing=()

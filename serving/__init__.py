@@ -9,8 +9,13 @@ Modules, one concept each:
   - ``retrieval_servable``: the ``<name>_retrieval`` model (top-k neighbours from the index).
   - ``model_config``: ``models.config`` and version policies; ``state_loader``: loading and
     pairing the index with its embedder version; ``model_registry``: atomic snapshots.
-  - ``rest_api``: the HTTP routes; ``server``: ``python -m serving.server``.
-  - ``client``: ``RetrievalClient`` and ``python -m serving.client`` (stdlib only).
+  - ``core``: the transport-neutral serving core (admission, checks, batching, metrics), with
+    ``limits``, ``image_guard``, ``batching`` and ``metrics``; ``http_app``: the REST routes and
+    the hardened HTTP/1.1 protocol on uvicorn; ``server``: ``python -m serving.server``.
+  - ``grpc_api``: TF Serving's gRPC PredictionService / ModelService on the same servables.
+  - ``gallery_api``: the gallery routes of the explorer page (``explorer/``, ``GET /explorer``).
+  - ``client``: ``RetrievalClient`` and ``python -m serving.client`` (stdlib only), and
+    ``GrpcRetrievalClient`` (``--grpc``).
   - ``synthetic_gallery``: encoded images of known classes and a tiny exported embedder + index,
     for smoke tests and ``bench/rest_latency.py``.
 

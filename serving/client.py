@@ -1,4 +1,4 @@
-"""A stdlib-only client of the REST service (and of any TF Serving REST endpoint).
+"""A client of the REST service (stdlib only; and of any TF Serving REST endpoint), with a gRPC mode.
 
 Library:
     >>> client = RetrievalClient("http://127.0.0.1:8501", "dgml_retrieval")  # doctest: +SKIP
@@ -7,6 +7,10 @@ Library:
 
 Command line:
     python -m serving.client --url http://127.0.0.1:8501 --model dgml_retrieval q1.jpg q2.png
+    python -m serving.client --grpc 127.0.0.1:8500 --model dgml_retrieval q1.jpg   # gRPC
+
+The REST client is stdlib only; :class:`GrpcRetrievalClient` (``--grpc``) needs grpcio and
+tensorflow-serving-api.
 """
 
 from __future__ import annotations
@@ -129,6 +133,114 @@ class RetrievalClient:
             raise ServingClientError(f"connection to {self.url} failed: {error}") from None
 
 
+class GrpcRetrievalClient:
+    """The same calls as :class:`RetrievalClient` over TF Serving's gRPC API (port 8500).
+
+    Needs ``grpcio`` and ``tensorflow-serving-api`` (hence TensorFlow); the REST client needs
+    nothing. Retrieval options travel as extra scalar input tensors (``k``, ``group``,
+    ``return_attention``), see :mod:`serving.grpc_api`.
+
+    Args:
+        target: ``host:port`` of the gRPC server, e.g. ``127.0.0.1:8500``.
+        model, version, label, timeout: as for :class:`RetrievalClient`.
+        max_message_bytes: the largest answer accepted.
+
+    Example:
+        >>> client = GrpcRetrievalClient("127.0.0.1:8500", "dgml_retrieval")  # doctest: +SKIP
+        >>> client.neighbours([open("query.jpg", "rb").read()], k=5)[0][0]
+        Neighbour(rank=1, id='test/17', label=3, path='', score=0.93)
+    """
+
+    def __init__(self, target: str, model: str, version: Optional[int] = None,
+                 label: Optional[str] = None, timeout: float = 60.0,
+                 max_message_bytes: int = 256 * 1024 * 1024):
+        if version is not None and label is not None:
+            raise ValueError("Pass either version or label, not both.")
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.target, self.model, self.timeout = target, model, timeout
+        self.version, self.label = version, label
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)])
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _spec(self, spec) -> None:
+        spec.name = self.model
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label is not None:
+            spec.version_label = self.label
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            raise ServingClientError(f"gRPC {self.target} -> {error.code().name}: {error.details()}",
+                                     status=None) from None
+
+    def status(self):
+        """The ``GetModelStatusResponse`` proto."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        return self._call(self._models.GetModelStatus, request)
+
+    def metadata(self):
+        """The ``GetModelMetadataResponse`` proto (``signature_def``)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec)
+        return self._call(self._predict.GetModelMetadata, request)
+
+    def predict(self, inputs: dict, output_filter: Sequence[str] = ()) -> dict:
+        """One ``Predict`` call: ``{name: array-like}`` in, ``{name: np.ndarray}`` out."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+        self._spec(request.model_spec)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        answer = self._call(self._predict.Predict, request)
+        return {name: tf.make_ndarray(proto) for name, proto in answer.outputs.items()}
+
+    def neighbours(self, image_bytes_list: Sequence[bytes], k: int = 5, group: Optional[int] = None,
+                   return_attention: bool = False) -> Any:
+        """As :meth:`RetrievalClient.neighbours` (attention as NumPy arrays)."""
+        import numpy as np
+
+        inputs: dict[str, Any] = {"image_bytes": [bytes(b) for b in image_bytes_list],
+                                  "k": np.int32(k)}
+        if group is not None:
+            inputs["group"] = np.int32(group)
+        if return_attention:
+            inputs["return_attention"] = True
+        out = self.predict(inputs)
+        found = [
+            [Neighbour(rank + 1, out["ids"][q][rank].decode("utf-8"), int(out["labels"][q][rank]),
+                       out["paths"][q][rank].decode("utf-8"), float(out["scores"][q][rank]))
+             for rank in range(out["ids"].shape[1])]
+            for q in range(out["ids"].shape[0])
+        ]
+        if return_attention:
+            return found, list(out["attention"])
+        return found
+
+    def embed(self, image_bytes_list: Sequence[bytes]) -> list[dict]:
+        """Embedder outputs per image, as :meth:`RetrievalClient.embed` (NumPy arrays)."""
+        out = self.predict({"image_bytes": [bytes(b) for b in image_bytes_list]})
+        return [{name: value[i] for name, value in out.items()} for i in range(len(image_bytes_list))]
+
+
 def _b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
 
@@ -149,6 +261,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description="Query the retrieval service with image files.")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     parser.add_argument("--url", default="http://127.0.0.1:8501")
+    parser.add_argument("--grpc", metavar="HOST:PORT", default=None,
+                        help="use TF Serving's gRPC API at HOST:PORT (e.g. 127.0.0.1:8500) "
+                        "instead of REST; needs tensorflow-serving-api")
     parser.add_argument("--model", default="dgml_retrieval")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--group", type=int, default=None, help="search one group (aspect) only")
@@ -162,7 +277,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"serving.client: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     try:
-        results = RetrievalClient(args.url, args.model).neighbours(payloads, k=args.k, group=args.group)
+        if args.grpc:
+            client = GrpcRetrievalClient(args.grpc, args.model)
+        else:
+            client = RetrievalClient(args.url, args.model)
+        results = client.neighbours(payloads, k=args.k, group=args.group)
     except ServingClientError as error:
         print(f"serving.client: {error}", file=sys.stderr)
         return 1

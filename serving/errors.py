@@ -53,6 +53,28 @@ class ServingError(Exception):
         self.http_status = http_status or HTTP_STATUS_BY_CODE[code]
 
 
+#: Codes whose messages may carry server internals (tracebacks, paths, TF node names).
+INTERNAL_CODES = ("INTERNAL", "UNKNOWN", "DATA_LOSS")
+
+
+def public_error(error: BaseException, request_id: str, log=None) -> ServingError:
+    """What a client may read about ``error``: ServingErrors as they are, except that internal
+    faults (any other exception, or an INTERNAL/UNKNOWN/DATA_LOSS code) become
+    ``"internal error (request id ...)"``; the detail and traceback go to ``log`` only.
+
+    Example:
+        >>> public_error(KeyError("/secret/path"), "abc").message
+        'internal error (request id abc)'
+    """
+    if isinstance(error, ServingError) and error.code not in INTERNAL_CODES:
+        return error
+    if log is not None:
+        log.error("internal error (request id %s): %s: %s", request_id, type(error).__name__,
+                  error, exc_info=(type(error), error, error.__traceback__))
+    code = error.code if isinstance(error, ServingError) else "INTERNAL"
+    return ServingError(code, f"internal error (request id {request_id})")
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError("INVALID_ARGUMENT", message)
 

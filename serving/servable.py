@@ -43,6 +43,15 @@ class Servable(abc.ABC):
     ) -> dict[str, np.ndarray]:
         """Runs a signature on decoded inputs; ``options`` are the request's extra keys."""
 
+    def image_inputs(self, signature_name: str) -> tuple[str, ...]:
+        """Inputs of ``signature_name`` that hold encoded images (checked from their headers by
+        ``serving.image_guard`` before any model call): DT_STRING inputs named ``*image_bytes``."""
+        signature = self.signature_defs.get(signature_name)
+        if signature is None:
+            return ()
+        return tuple(name for name, spec in input_specs(signature).items()
+                     if spec.is_string and name.endswith("image_bytes"))
+
     def signature(self, signature_name: str):
         signature = self.signature_defs.get(signature_name)
         if signature is None or signature_name.startswith("__"):

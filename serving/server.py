@@ -5,45 +5,120 @@ Example:
         --index_dir=/indexes/dgml --port=8501 --host=127.0.0.1
 
 serves ``dgml`` (the embedder SavedModel versions) and ``dgml_retrieval`` (top-k neighbours from
-the ScaNN index). Reload with ``POST /v1/admin/reload``, ``kill -HUP <pid>`` or
-``--file_system_poll_wait_seconds``; stop with SIGTERM or Ctrl-C (in-flight requests finish).
+the ScaNN index) on uvicorn (h11) with the app of ``serving.http_app``. Reload with ``kill -HUP
+<pid>``, ``--file_system_poll_wait_seconds`` or, with ``--admin_token``, ``POST
+/v1/admin/reload``. SIGTERM / Ctrl-C: stop accepting, close idle keep-alive connections, let
+in-flight requests finish (at most ``--graceful_shutdown_timeout`` s), exit 0.
+
+The line ``serving ... on http://HOST:PORT (ready)`` is logged once the port accepts requests
+(``--port=0`` picks a free port; the line names it).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-from typing import Optional, Sequence
+import time
+from typing import Callable, Optional, Sequence
 
+import uvicorn
+
+from serving.batching import BatchingParameters
+from serving.core import CoreConfig, ServingCore
+from serving.grpc_api import DEFAULT_GRPC_PORT, start_grpc_server
+from serving.http_app import EXPLORER_DIR, HttpConfig, RestApp, protocol_class
+from serving.limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INSTANCES,
+                            DEFAULT_MAX_JSON_DEPTH, Limits)
 from serving.model_config import ModelConfig, parse_model_config_file
 from serving.model_registry import ModelRegistry, describe
-from serving.rest_api import DEFAULT_MAX_BODY_BYTES, RestServer
 from serving.state_loader import ServingStateLoader
 
 LOG = logging.getLogger("serving")
+ADMIN_TOKEN_ENV = "DGML_SERVING_ADMIN_TOKEN"
+_DEFAULT_BATCHING = BatchingParameters()
+
+
+def _flag_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name", help="embedder model name (URLs use /v1/models/<name>)")
-    parser.add_argument("--model_base_path", help="directory holding <version>/saved_model.pb")
-    parser.add_argument("--model_config_file", help="TF Serving model_config_list text proto "
+    models = parser.add_argument_group("models")
+    models.add_argument("--model_name", help="embedder model name (URLs use /v1/models/<name>)")
+    models.add_argument("--model_base_path", help="directory holding <version>/saved_model.pb")
+    models.add_argument("--model_config_file", help="TF Serving model_config_list text proto "
                         "(version policies and labels); replaces --model_name/--model_base_path")
-    parser.add_argument("--index_dir", help="dgml_tf.indexing index directory; enables the "
+    models.add_argument("--index_dir", help="dgml_tf.indexing index directory; enables the "
                         "retrieval model")
-    parser.add_argument("--retrieval_model_name", help="default: <model_name>_retrieval")
-    parser.add_argument("--embedder_url", help="take embeddings from this TF Serving model URL "
+    models.add_argument("--retrieval_model_name", help="default: <model_name>_retrieval")
+    models.add_argument("--embedder_url", help="take embeddings from this TF Serving model URL "
                         "(http://host:8501/v1/models/<name>) instead of loading the SavedModel")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", "--rest_api_port", dest="port", type=int, default=8501)
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=0.0,
+    models.add_argument("--file_system_poll_wait_seconds", type=float, default=0.0,
                         help="poll the base paths and the index for changes every N s (0: off)")
+    models.add_argument("--admin_token", default=None,
+                        help=f"enables POST /v1/admin/reload with 'Authorization: Bearer <token>' "
+                        f"(default: ${ADMIN_TOKEN_ENV}; unset: the endpoint answers 403)")
+
+    net = parser.add_argument_group("HTTP")
+    net.add_argument("--host", default="127.0.0.1")
+    net.add_argument("--port", "--rest_api_port", dest="port", type=int, default=8501,
+                     help="REST port (0: pick a free one; the ready line names it)")
+    net.add_argument("--grpc_port", type=int, default=None,
+                     help=f"TF Serving's gRPC API (serving.grpc_api) on this port; 0 picks a free "
+                     f"one, -1 turns gRPC off. Default {DEFAULT_GRPC_PORT}, skipped with a warning "
+                     "when taken (an explicit port that is taken stops the start)")
+    net.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                     help="larger request bodies get 413 (default 16 MiB)")
+    net.add_argument("--max_connections", type=int, default=1000,
+                     help="open connections beyond this get a 503 at once")
+    net.add_argument("--header_timeout_seconds", type=float, default=10.0,
+                     help="request line + headers must arrive within this")
+    net.add_argument("--body_timeout_seconds", type=float, default=30.0,
+                     help="the whole body must arrive within this (else 408)")
+    net.add_argument("--keep_alive_timeout_seconds", type=float, default=5.0,
+                     help="idle keep-alive connections are closed after this")
+    net.add_argument("--graceful_shutdown_timeout", type=float, default=30.0,
+                     help="on SIGTERM, in-flight requests get this long to finish")
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max_json_depth", type=int, default=DEFAULT_MAX_JSON_DEPTH)
+    limits.add_argument("--max_instances", type=int, default=DEFAULT_MAX_INSTANCES,
+                        help="most rows (images) per request")
+    limits.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="most pixels per image, read from its header (default 4096*4096)")
+    limits.add_argument("--max_request_pixels", type=int, default=None,
+                        help="most pixels summed over one request or merged batch "
+                        "(default 4 * --max_image_pixels)")
+    limits.add_argument("--max_concurrent_requests", type=int, default=256,
+                        help="predict calls admitted at once (queued + running); more get 503")
+
+    batching = parser.add_argument_group("batching (TF Serving's batching_parameters)")
+    batching.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True, default=True,
+                          help="merge concurrent requests into one model call (default true)")
+    batching.add_argument("--batching_parameters_file",
+                          help="TF Serving BatchingParameters text proto; flags below override it")
+    batching.add_argument("--max_batch_size", type=int, default=None,
+                          help=f"default {_DEFAULT_BATCHING.max_batch_size}")
+    batching.add_argument("--batch_timeout_micros", type=int, default=None,
+                          help=f"default {_DEFAULT_BATCHING.batch_timeout_micros}")
+    batching.add_argument("--max_enqueued_batches", type=int, default=None,
+                          help=f"default {_DEFAULT_BATCHING.max_enqueued_batches}")
+    batching.add_argument("--num_batch_threads", type=int, default=None,
+                          help="model threads (default: the CPU count, at least 2)")
     parser.add_argument("--log_level", default="INFO")
     return parser
 
@@ -73,23 +148,99 @@ def loader_from_args(args: argparse.Namespace) -> ServingStateLoader:
     )
 
 
-def create_server(loader: ServingStateLoader, host: str = "127.0.0.1", port: int = 8501,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RestServer:
-    """Loads everything once, then binds; start-up errors surface before the port opens."""
-    registry = ModelRegistry(loader.build, loader.build(None))
-    return RestServer((host, port), registry, max_body_bytes=max_body_bytes)
+def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
+    """Limits, batching and admission from the flags (flags override the batching file)."""
+    defaults = {"num_batch_threads": max(2, os.cpu_count() or 2)}
+    if args.batching_parameters_file:
+        batching = BatchingParameters.from_text_proto(args.batching_parameters_file, **defaults)
+    else:
+        batching = BatchingParameters(**defaults)
+    overrides = {name: getattr(args, name) for name in
+                 ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+                 if getattr(args, name) is not None}
+    batching = BatchingParameters(**{**batching.__dict__, **overrides})
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth,
+                    max_instances=args.max_instances, max_image_pixels=args.max_image_pixels,
+                    max_request_pixels=args.max_request_pixels or 4 * args.max_image_pixels)
+    return CoreConfig(limits=limits, batching=batching, enable_batching=args.enable_batching,
+                      max_concurrent_requests=args.max_concurrent_requests)
 
 
-def _reload_logged(registry: ModelRegistry) -> None:
+class Server(uvicorn.Server):
+    """uvicorn's server with our signals: SIGTERM/SIGINT stop gracefully (without uvicorn's
+    re-raise after the shutdown, so the exit code is 0), SIGHUP reloads, and ``on_ready`` runs
+    once the port accepts requests.
+
+    Args:
+        config: the ``uvicorn.Config``.
+        on_ready: called once after start-up.
+        on_hup: called (in signal context: keep it short) on SIGHUP.
+    """
+
+    def __init__(self, config, on_ready: Callable[[], None], on_hup: Callable[[], None]):
+        super().__init__(config)
+        self._on_ready, self._on_hup = on_ready, on_hup
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            self._on_ready()
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self._on_hup())
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig, frame):
+        # Not logged here (signal context); uvicorn logs "Shutting down" from its loop.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        if not self.should_exit:
+            self.exit_requested_at = time.monotonic()
+        self.should_exit = True
+
+    exit_requested_at: Optional[float] = None
+
+
+def _reload_logged(core: ServingCore) -> None:
     try:
-        registry.reload()
+        core.reload()
     except Exception as error:  # keep serving the previous snapshot
-        LOG.error("reload refused, still serving %s: %s", describe(registry.state), error)
+        LOG.error("reload refused, still serving %s: %s", describe(core.state), error)
 
 
-def _poll(registry: ModelRegistry, every: float, stop: threading.Event) -> None:
+def _poll(core: ServingCore, every: float, stop: threading.Event) -> None:
     while not stop.wait(every):
-        _reload_logged(registry)
+        _reload_logged(core)
+
+
+def _start_grpc(args: argparse.Namespace, core: ServingCore):
+    """The gRPC server on ``--grpc_port`` (None when off or when the default port is taken)."""
+    if args.grpc_port is not None and args.grpc_port < 0:
+        return None
+    port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
+    # gRPC threads only wait on the core, which admits and batches (its limits answer first).
+    workers = max(1, min(64, args.max_concurrent_requests))
+    try:
+        grpc_server = start_grpc_server(core, port, args.host, args.max_body_bytes,
+                                        workers=workers, queue=2 * workers)
+    except OSError as error:  # the port is taken
+        if args.grpc_port is not None:
+            raise
+        LOG.warning("gRPC not started: %s", error)
+        return None
+    # Printed whatever --log_level says (like the ready line): names the port 0 picked.
+    print(f"serving.server: gRPC on {grpc_server.target}", file=sys.stderr, flush=True)
+    return grpc_server
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -98,33 +249,67 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        server = create_server(loader_from_args(args), args.host, args.port, args.max_body_bytes)
+        core_config = core_config_from_args(args)
+        loader = loader_from_args(args)
+        registry = ModelRegistry(loader.build, loader.build(None))
+        listener = socket.create_server((args.host, args.port), reuse_port=False, backlog=2048)
     except Exception as error:
         LOG.error("cannot start: %s", error)
         print(f"serving.server: cannot start: {error}", file=sys.stderr)
         return 2
-    registry = server.registry
+    core = ServingCore(registry, core_config)
+    try:
+        grpc_server = _start_grpc(args, core)
+    except OSError as error:
+        LOG.error("cannot start: %s", error)
+        print(f"serving.server: cannot start: {error}", file=sys.stderr)
+        core.close(timeout=1.0)
+        return 2
+    admin_token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    app = RestApp(core, HttpConfig(max_body_bytes=args.max_body_bytes,
+                                   body_timeout_s=args.body_timeout_seconds,
+                                   admin_token=admin_token, explorer_dir=EXPLORER_DIR))
+    config = uvicorn.Config(
+        app, http=protocol_class(header_timeout_s=args.header_timeout_seconds,
+                                 max_connections=args.max_connections,
+                                 max_body_bytes=args.max_body_bytes),
+        loop="asyncio", lifespan="on", log_config=None, access_log=False,
+        timeout_keep_alive=args.keep_alive_timeout_seconds,
+        timeout_graceful_shutdown=args.graceful_shutdown_timeout,
+        h11_max_incomplete_event_size=16 * 1024, server_header=False)
+    host, port = listener.getsockname()[:2]
+    url = f"http://{host}:{port}"
     stop = threading.Event()
 
-    def request_shutdown(signum, _frame):
-        LOG.info("signal %d: shutting down after in-flight requests", signum)
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def on_ready():
+        # Printed whatever --log_level says: supervisors and tests wait for this line.
+        print(f"serving.server: serving {describe(core.state)} on {url} (ready; batching "
+              f"{'on' if core_config.enable_batching else 'off'}, admin API "
+              f"{'on' if admin_token else 'off'})", file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, request_shutdown)
-    signal.signal(signal.SIGINT, request_shutdown)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=_reload_logged, args=(registry,), daemon=True).start())
+    def on_hup():
+        threading.Thread(target=_reload_logged, args=(core,), daemon=True).start()
+
     if args.file_system_poll_wait_seconds > 0:
-        threading.Thread(target=_poll, args=(registry, args.file_system_poll_wait_seconds, stop),
+        threading.Thread(target=_poll, args=(core, args.file_system_poll_wait_seconds, stop),
                          daemon=True).start()
-    LOG.info("serving %s on %s (ready)", describe(registry.state), server.url)
+    server = Server(config, on_ready, on_hup)
     try:
-        server.serve_forever(poll_interval=0.2)
+        asyncio.run(server.serve(sockets=[listener]))
     finally:
-        server.server_close()  # joins in-flight request threads
-        LOG.info("stopped")
+        stop.set()
+        if grpc_server is not None:  # in-flight RPCs finish, new ones are refused
+            grpc_server.stop(grace=args.graceful_shutdown_timeout)
+        # One bound for the whole shutdown: what uvicorn's drain used is not granted twice.
+        began = server.exit_requested_at or time.monotonic()
+        idle = core.close(timeout=max(args.graceful_shutdown_timeout - (time.monotonic() - began), 1.0))
+        listener.close()
+    if not idle:
+        LOG.error("stopped with model calls still running after %g s (--graceful_shutdown_timeout)",
+                  args.graceful_shutdown_timeout)
+        logging.shutdown()
+        os._exit(1)  # model threads cannot be interrupted; do not wait for them at exit
+    LOG.info("stopped")
     return 0
 
 

@@ -59,10 +59,11 @@ def export_tiny_embedder(base_dir, model_name: str, version: int, seed: int = 0,
 
 
 def index_gallery(saved_model_dir, images: Sequence[bytes], labels: Sequence[int], index_dir,
-                  backend: str = "scann") -> str:
+                  backend: str = "scann", expose_paths: bool = True) -> str:
     """Embeds ``images`` with the exported embedder and publishes an index of them.
 
-    Items get ids ``item/<i>`` and paths ``gallery/<i>.png``. Returns the index version dir.
+    Items get ids ``item/<i>`` and paths ``gallery/<i>.png``; those names are synthetic (no file
+    of the server), so they are exposed to clients by default. Returns the index version dir.
     """
     from dgml_tf.indexing import build_index
     from dgml_tf.indexing.gallery import SavedModelEmbedder
@@ -74,5 +75,5 @@ def index_gallery(saved_model_dir, images: Sequence[bytes], labels: Sequence[int
         ids=[f"item/{i}" for i in range(len(images))], labels=list(labels),
         paths=[f"gallery/{i}.png" for i in range(len(images))],
         num_groups=int(embedder.metadata["num_groups"]), backend=backend,
-        model_dir=str(saved_model_dir),
+        model_dir=str(saved_model_dir), expose_paths=expose_paths,
     )

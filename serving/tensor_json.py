@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from serving.errors import invalid_argument
+from serving.limits import DEFAULT_MAX_JSON_DEPTH, parse_json_body
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -44,12 +45,17 @@ class PredictRequest:
     options: Mapping[str, Any]
 
 
-def parse_predict_request(body: bytes) -> PredictRequest:
-    """Parses a ``:predict`` body, raising INVALID_ARGUMENT errors in TF Serving's wording."""
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise invalid_argument(f"JSON Parse error: {error}") from None
+def parse_predict_request(body: bytes, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH) -> PredictRequest:
+    """Parses a ``:predict`` body, raising INVALID_ARGUMENT errors in TF Serving's wording.
+
+    The body's nesting is checked before parsing (``serving.limits.parse_json_body``), so no
+    body can make the parser recurse past ``max_json_depth``.
+    """
+    return predict_request_from_doc(parse_json_body(body, max_json_depth))
+
+
+def predict_request_from_doc(doc: Any) -> PredictRequest:
+    """:func:`parse_predict_request` for an already parsed JSON document."""
     if not isinstance(doc, dict):
         raise invalid_argument("JSON Value is not an object: the request body must be a JSON object.")
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
@@ -163,6 +169,39 @@ def _to_array(name: str, value: Any, spec: InputSpec) -> np.ndarray:
                 f"Input '{name}': values must be a rectangular (non-ragged) nested list of "
                 f"{spec.dtype.name} numbers."
             ) from None
+    check_shape(name, array, spec)
+    return array
+
+
+def check_arrays(inputs: Mapping[str, Any], specs: Mapping[str, InputSpec]) -> dict[str, np.ndarray]:
+    """Checks already decoded inputs (e.g. from gRPC TensorProtos) against a signature.
+
+    Names must match the signature's inputs exactly, string inputs must hold bytes/str, numeric
+    inputs numbers of a kind the signature's dtype holds without loss (ints for ints, ints or
+    floats for floats), and shapes must agree. Returns the arrays in the signature's dtypes.
+    """
+    _check_names(set(inputs), sorted(specs), "inputs")
+    out = {}
+    for name, value in inputs.items():
+        spec, array = specs[name], np.asarray(value)
+        if spec.is_string:
+            if array.dtype.kind not in "OSU" or not all(isinstance(v, (bytes, str)) for v in array.flat):
+                raise invalid_argument(f"Input '{name}' must hold strings (DT_STRING), got {array.dtype}.")
+            array = np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v),
+                                 otypes=[object])(array) if array.size else array.astype(object)
+        else:
+            allowed = {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}.get(spec.dtype.kind, spec.dtype.kind)
+            if array.dtype.kind not in allowed:
+                raise invalid_argument(
+                    f"Input '{name}' has dtype {array.dtype} but the signature expects {spec.dtype.name}.")
+            array = array.astype(spec.dtype)
+        check_shape(name, array, spec)
+        out[name] = array
+    return out
+
+
+def check_shape(name: str, array: np.ndarray, spec: InputSpec) -> None:
+    """Raises INVALID_ARGUMENT when ``array``'s rank or known dimensions differ from ``spec``."""
     if spec.shape is not None:
         if array.ndim != len(spec.shape):
             raise invalid_argument(
@@ -175,7 +214,6 @@ def _to_array(name: str, value: Any, spec: InputSpec) -> np.ndarray:
                     f"Input '{name}' has shape {list(array.shape)} but the signature expects "
                     f"{_shape_text(spec.shape)}."
                 )
-    return array
 
 
 def _shape_text(shape: tuple) -> str:

@@ -71,9 +71,11 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
     checkpoint = cb.EpochCheckpoint(str(tmp_path))
     model.fit(x, y, batch_size=8, epochs=2, callbacks=[checkpoint], verbose=0)
     state = cb.load_training_state(str(tmp_path))
-    assert state.epoch == 2 and len(state.history) == 2
-    # Only the latest epoch's weights are kept (keep=1).
-    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.weights.h5", "latest.json"]
+    assert state.epoch == 2 and len(state.history) == 2 and state.skipped == []
+    # The last two epochs are kept, each with its state file.
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001.json", "epoch-0001.weights.h5",
+                                            "epoch-0002.json", "epoch-0002.weights.h5",
+                                            "latest.json"]
 
     fresh = _regression_model(seed=1)
     cb.restore_variables(fresh, state)
@@ -90,8 +92,127 @@ def test_no_checkpoint_means_none(tmp_path):
 
 def test_pointer_to_missing_weights_is_a_clear_error(tmp_path):
     (tmp_path / "latest.json").write_text(json.dumps({"epoch": 3, "weights": "gone.weights.h5"}))
-    with pytest.raises(FileNotFoundError, match="--noresume"):
+    with pytest.raises(cb.CheckpointError, match="gone.weights.h5.*missing.*--noresume"):
         cb.load_training_state(str(tmp_path))
+
+
+def _checkpointed_epochs(tmp_path, epochs=4):
+    """A model trained ``epochs`` epochs with a checkpoint after each; per-epoch variables."""
+    x, y = _data()
+    model = _regression_model()
+    checkpoint = cb.EpochCheckpoint(str(tmp_path))
+    snapshots = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots[epoch + 1] = _snapshot(self.model)
+
+    model.fit(x, y, batch_size=8, epochs=epochs, callbacks=[checkpoint, Snapshot()], verbose=0)
+    return snapshots
+
+
+def _restored(state):
+    fresh = _regression_model(seed=7)
+    cb.restore_variables(fresh, state)
+    return _snapshot(fresh)
+
+
+def _assert_variables_equal(got, expected):
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keep_two_and_fall_back_when_the_newest_weights_are_damaged(tmp_path):
+    snapshots = _checkpointed_epochs(tmp_path, epochs=4)
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")) == [
+        "epoch-0003.weights.h5", "epoch-0004.weights.h5"]
+    newest = tmp_path / "epoch-0004.weights.h5"
+    data = newest.read_bytes()
+    # Same size, one byte changed: only the checksum can tell.
+    newest.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
+    reports = []
+    state = cb.load_training_state(str(tmp_path), report=reports.append)
+    assert state.epoch == 3 and state.weights_path.endswith("epoch-0003.weights.h5")
+    assert len(state.history) == 3
+    assert "epoch-0004.weights.h5 (epoch 4)" in reports[0] and "checksum" in reports[0]
+    assert "Falling back to the previous checkpoint" in reports[0]
+    _assert_variables_equal(_restored(state), snapshots[3])
+
+    newest.write_bytes(data[: len(data) // 3])  # truncated
+    assert cb.load_training_state(str(tmp_path), report=reports.append).epoch == 3
+
+
+def test_unreadable_pointer_uses_the_newest_state_file(tmp_path):
+    snapshots = _checkpointed_epochs(tmp_path, epochs=3)
+    (tmp_path / "latest.json").write_text('{"epoch": 3, "weig')  # torn by hand
+    state = cb.load_training_state(str(tmp_path), report=lambda m: None)
+    assert state.epoch == 3
+    _assert_variables_equal(_restored(state), snapshots[3])
+
+
+def test_weights_saved_but_state_not_yet_written_resumes_from_the_last_state(tmp_path):
+    """A kill between the weights rename and the state file: that epoch does not count."""
+    _checkpointed_epochs(tmp_path, epochs=2)
+    (tmp_path / "epoch-0003.weights.h5").write_bytes(
+        (tmp_path / "epoch-0002.weights.h5").read_bytes())
+    state = cb.load_training_state(str(tmp_path), report=lambda m: None)
+    assert state.epoch == 2 and state.skipped == []
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
+    _checkpointed_epochs(tmp_path, epochs=2)
+    for name in ("epoch-0001.weights.h5", "epoch-0002.weights.h5"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(cb.CheckpointError, match="No usable checkpoint.*--noresume"):
+        cb.load_training_state(str(tmp_path))
+
+
+def test_checkpoint_start_removes_only_a_dead_savers_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tmp-{dead.pid}-epoch-0002.weights.h5"
+    live = tmp_path / f".tmp-{os.getpid()}-epoch-0002.weights.h5"  # a save in progress: ours
+    unrelated = [tmp_path / ".tmp-notes", tmp_path / "x.tmp-1-y", tmp_path / "epoch-0001.json"]
+    (tmp_path / f".tmp-{dead.pid}-folder").mkdir()  # a directory: never touched here
+    for path in [stale, live, *unrelated]:
+        path.write_text("x")
+    cb.EpochCheckpoint(str(tmp_path))
+    assert not stale.exists()
+    assert live.exists() and all(p.exists() for p in unrelated)
+    assert (tmp_path / f".tmp-{dead.pid}-folder").is_dir()
+
+
+def test_pause_writes_its_marker_at_the_chosen_step(tmp_path):
+    """The test-only kill point: marker written after exactly step N (released here)."""
+    import threading
+
+    marker = tmp_path / "paused"
+    pause = cb.pause_from_environment({"DGML_TEST_PAUSE_AT_STEP": f"5:{marker}"})
+    assert cb.pause_from_environment({}) is None
+    with pytest.raises(ValueError, match="<step>:<marker path>"):
+        cb.pause_from_environment({"DGML_TEST_PAUSE_AT_STEP": "five"})
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((int(self.model.optimizer.iterations), marker.exists()))
+
+    def release_when_paused():
+        while not marker.exists():
+            threading.Event().wait(0.01)
+        (tmp_path / "paused.release").write_text("")
+
+    releaser = threading.Thread(target=release_when_paused)
+    releaser.start()
+    x, y = _data()
+    _regression_model().fit(x, y, batch_size=8, epochs=2, callbacks=[pause, Watch()],
+                            verbose=0)
+    releaser.join()
+    assert marker.read_text().strip() == "5"
+    assert seen == [(i, i >= 5) for i in range(1, 7)]
 
 
 # --- NaN / Inf ---------------------------------------------------------------------------------

@@ -5,15 +5,10 @@ shutdown on SIGTERM. Expectations: the embedder SavedModel called directly, and 
 known ids/labels.
 """
 
-import os
+import json
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +18,9 @@ from dgml_tf.indexing import build_index
 from serving import server as server_cli
 from serving.client import RetrievalClient, ServingClientError, main as client_main
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving_harness import ServerProcess, b64, read_response, read_until_closed
 
 LABELS = [0, 0, 1, 1, 2, 2]
-REPO = Path(__file__).absolute().parents[1]  # the runfiles tree under Bazel
 
 
 def free_port() -> int:
@@ -47,35 +42,13 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_process(assets):
-    port = free_port()
-    log_path = assets["root"] / "server.log"
-    log = open(log_path, "w")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", f"--model_base_path={assets['base']}",
-         "--model_name=dgml", f"--index_dir={assets['root'] / 'index'}", f"--port={port}",
-         "--host=127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("server did not become ready")
-    yield {"process": process, "url": url, "log": log_path}
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=30)
-    log.close()
+    # Idle keep-alive connections stay open for 10 minutes unless the shutdown closes them.
+    server = ServerProcess([f"--model_base_path={assets['base']}", "--model_name=dgml",
+                            f"--index_dir={assets['root'] / 'index'}", "--host=127.0.0.1",
+                            "--keep_alive_timeout_seconds=600", "--graceful_shutdown_timeout=120"],
+                           assets["root"] / "server.log")
+    yield {"process": server.process, "url": server.url, "server": server}
+    server.kill()
 
 
 def test_client_library(server_process, assets):
@@ -146,27 +119,45 @@ def test_server_refuses_an_index_of_another_model(assets, tmp_path, capsys):
 
 
 def test_sighup_reloads_and_sigterm_stops_gracefully(server_process, assets):
-    process, url = server_process["process"], server_process["url"]
+    server, url = server_process["server"], server_process["url"]
     client = RetrievalClient(url, "dgml")
     # Version 2 appears (staged, then renamed into place): a copy, so the index still matches.
     staging = assets["base"] / ".tmp-2"
     shutil.copytree(assets["base"] / "1", staging)
     staging.rename(assets["base"] / "2")
-    process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 120
-    versions = None
-    while time.monotonic() < deadline:
-        versions = [s["version"] for s in client.status()["model_version_status"]]
-        if versions == ["2"]:
-            break
-        time.sleep(0.5)
-    assert versions == ["2"]
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.wait_for(r"reloaded: dgml versions \[2\]", start=mark)
+    assert [s["version"] for s in client.status()["model_version_status"]] == ["2"]
     retrieval = RetrievalClient(url, "dgml_retrieval")
     assert retrieval.status()["model_version_status"][0]["version"] == "2"
     assert retrieval.neighbours(assets["images"][4:5], k=1)[0][0].id == "item/4"
 
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    log = server_process["log"].read_text()
+    port = server.port
+    idle = []
+    for _ in range(3):  # keep-alive connections left idle after one answered request
+        sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        idle.append(sock)
+    body = json.dumps({"instances": [b64(assets["images"][1])], "k": 1}).encode()
+    slow = socket.create_connection(("127.0.0.1", port), timeout=120)
+    slow.sendall(b"POST /v1/models/dgml_retrieval:predict HTTP/1.1\r\nHost: t\r\n"
+                 b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body))
+    # The server asks for the body once the request is inside the app: it is in flight.
+    assert slow.recv(1024).startswith(b"HTTP/1.1 100")
+    mark = server.mark()
+    server.signal(signal.SIGTERM)
+    server.wait_for("Shutting down", start=mark)
+    for sock in idle:  # idle connections are closed by the shutdown, not by a timeout
+        assert read_until_closed(sock) == b""
+        sock.close()
+    slow.sendall(body)
+    status, _, doc = read_response(slow)
+    slow.close()
+    assert status == 200 and doc["predictions"][0]["ids"] == ["item/1"]
+    assert server.process.wait(timeout=120) == 0
+    log = server.log
     assert "POST /v1/models/dgml_retrieval:predict HTTP/1.1 200" in log  # request logging
     assert "reloaded" in log and "stopped" in log

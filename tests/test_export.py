@@ -325,3 +325,178 @@ def test_baseline_head_exports_without_attention(tmp_path):
     assert (meta["num_groups"], meta["group_dim"], meta["attention_size"]) == (1, 16, None)
     written = write_serving_configs(tmp_path, {"single": {"stable": 1}})
     assert set(written) == {MODELS_CONFIG, BATCHING_CONFIG, MONITORING_CONFIG}
+
+
+# ---------------------------------------------------------------- the image guard of image_bytes
+
+
+def png_by_hand(array: np.ndarray, bit_depth: int = 8, width=None, height=None) -> bytes:
+    """A PNG written with zlib (no Pillow): gray (H, W) or RGB (H, W, 3), 8 or 16 bits.
+
+    ``width``/``height`` override the IHDR with the rows of ``array`` repeated, streamed through
+    one compressor, so a 20000 x 20000 image of zeros is a ~1 MB file.
+    """
+    import struct
+    import zlib
+
+    height_px = array.shape[0] if height is None else height
+    width_px = array.shape[1] if width is None else width
+    color_type = 2 if array.ndim == 3 else 0
+    dtype = ">u2" if bit_depth == 16 else np.uint8
+    compressor = zlib.compressobj(9)
+    if width is None:
+        parts = [compressor.compress(b"\0" + array[y].astype(dtype).tobytes()) for y in range(height_px)]
+    else:  # constant rows of zeros
+        row = b"\0" * (1 + width_px * (3 if color_type == 2 else 1) * bit_depth // 8)
+        parts = [compressor.compress(row) for _ in range(height_px)]
+    parts.append(compressor.flush())
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width_px, height_px, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def encoded(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def embed_bytes(path, images):
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return fn(image_bytes=tf.constant(images))["embedding"].numpy()
+
+
+def test_image_bytes_refuses_a_decompression_bomb_from_its_header(exported):
+    _, _, path = exported
+    bomb = png_by_hand(np.zeros((1, 1, 3), np.uint8), width=20000, height=20000)
+    assert len(bomb) < 2_000_000  # 1.2 GB of pixels once decoded
+    meta = json.loads((path / "assets" / names.METADATA_FILE).read_text())
+    assert meta["max_image_pixels"] == 4096 * 4096
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"20000 x 20000 pixels.*above the limit of 16777216 pixels \(max_image_pixels\)"):
+        embed_bytes(path, [bomb])
+    # One bad image fails the whole call (TF Serving answers INVALID_ARGUMENT), good ones still work.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        embed_bytes(path, [png_bytes(photo(30, 44)), bomb])
+
+
+@pytest.mark.parametrize("name, make", [
+    ("jpeg", lambda: encoded(Image.new("RGB", (5000, 4000)), "JPEG")),
+    ("webp_lossy", lambda: encoded(Image.new("RGB", (5000, 4000)), "WEBP")),
+    ("webp_lossless", lambda: encoded(Image.new("RGB", (5000, 4000)), "WEBP", lossless=True)),
+    ("bmp_header", lambda: b"BM" + b"\0" * 16 + __import__("struct").pack("<ii", 5000, -4000) + b"\0" * 40),
+    ("gif_frames", lambda: encoded(Image.new("RGB", (2000, 2000)), "GIF", save_all=True, append_images=[
+        Image.new("RGB", (2000, 2000), (40 * i, 0, 0)) for i in range(1, 5)])),  # 5 x 4M pixels
+])
+def test_every_format_is_checked_before_decoding(exported, name, make):
+    _, _, path = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit of 16777216 pixels"):
+        embed_bytes(path, [make()])
+
+
+def test_unknown_empty_and_animated_webp_are_refused_clearly(exported):
+    _, _, path = exported
+    for data in (b"not an image", b"", b"GIF"[:2], b"%PDF-1.4 " * 10):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image format"):
+            embed_bytes(path, [data])
+    frames = [Image.fromarray(photo(30, 44)), Image.fromarray(255 - photo(30, 44))]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Animated WebP"):
+        embed_bytes(path, [encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no pixels"):
+        embed_bytes(path, [png_by_hand(np.zeros((1, 1, 3), np.uint8), width=0, height=5)])
+    import struct
+
+    one_pixel_frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x01\x00\x00"
+    many_frames = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0) + one_pixel_frame * 5000 + b"\x3b"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 4096 blocks"):
+        embed_bytes(path, [many_frames])
+    truncated = png_bytes(photo(30, 44))[:60]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        embed_bytes(path, [truncated])
+
+
+def test_odd_images_embed_like_their_8_bit_rgb_equivalent(exported):
+    model, _, path = exported
+    picture = photo(30, 44)
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (30, 44, 3)).astype(np.uint16)
+    gray16 = rng.integers(0, 65536, (30, 44)).astype(np.uint16)
+    frames = [Image.fromarray(picture), Image.fromarray(255 - picture)]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    cmyk = encoded(Image.fromarray(picture).convert("CMYK"), "JPEG", quality=95)
+    cases = [
+        # (bytes sent, the same image as 8-bit RGB computed independently)
+        (png_by_hand(np.array([[[200, 30, 90]]], np.uint8)), np.array([[[200, 30, 90]]], np.uint8)),
+        (png_by_hand(wide, bit_depth=16), (wide >> 8).astype(np.uint8)),  # 16 -> 8 bits: high byte
+        (png_by_hand(gray16, bit_depth=16), np.repeat((gray16 >> 8).astype(np.uint8)[..., None], 3, -1)),
+        (gif, np.asarray(Image.open(io.BytesIO(gif)).convert("RGB"))),  # the first frame
+        (cmyk, np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"))),  # Pillow's CMYK -> RGB
+    ]
+    got = embed_bytes(path, [data for data, _ in cases])
+    expected = np.asarray(model(np.stack([numpy_eval_preprocess(rgb) for _, rgb in cases]), training=False)["embedding"])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_max_image_pixels_is_an_export_option(exported, tmp_path):
+    model, _, _ = exported
+    path = dgml_export.export_for_serving(model, tmp_path, "m", image_size=SIZE, resize_size=RESIZE,
+                                          max_image_pixels=1000)
+    assert json.loads((path / "assets" / names.METADATA_FILE).read_text())["max_image_pixels"] == 1000
+    small, large = png_bytes(photo(25, 40)), png_bytes(photo(30, 44))  # 1000 and 1320 pixels
+    assert embed_bytes(path, [small]).shape == (1, 48)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="44 x 30 pixels.*limit of 1000 pixels"):
+        embed_bytes(path, [large])
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="max_image_pixels must be a positive integer"):
+            dgml_export.export_for_serving(model, tmp_path, "m", image_size=SIZE, max_image_pixels=bad)
+
+
+def rechunk_gif(gif: bytes, size: int) -> tuple:
+    """The same GIF with every data sub-block chain re-split into ``size``-byte sub-blocks, and
+    the positions of its image descriptors in the new bytes."""
+    def table(packed):
+        return 3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0
+
+    def chain(pos):  # -> (data, position after the terminator)
+        data = b""
+        while gif[pos]:
+            data += gif[pos + 1:pos + 1 + gif[pos]]
+            pos += 1 + gif[pos]
+        return data, pos + 1
+
+    def split(data):
+        return b"".join(bytes([len(data[i:i + size])]) + data[i:i + size] for i in range(0, len(data), size)) + b"\0"
+
+    pos = 13 + table(gif[10])
+    out, descriptors = gif[:pos], []
+    while gif[pos] != 0x3B:
+        head = 2 if gif[pos] == 0x21 else 11 + table(gif[pos + 9])
+        if gif[pos] == 0x2C:
+            descriptors.append(len(out))
+        data, after = chain(pos + head)
+        out += gif[pos:pos + head] + split(data)
+        pos = after
+    return out + b"\x3b", descriptors
+
+
+def test_gif_block_walk_follows_any_sub_block_layout(exported):
+    _, _, path = exported
+    frames = [Image.fromarray(photo(30, 44)), Image.fromarray(255 - photo(30, 44))]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    small_blocks, descriptors = rechunk_gif(gif, 3)
+    assert len(descriptors) == 2 and small_blocks != gif and len(small_blocks) > len(gif)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(small_blocks)).convert("RGB")),
+                                  np.asarray(Image.open(io.BytesIO(gif)).convert("RGB")))
+    got = embed_bytes(path, [gif, small_blocks])
+    np.testing.assert_allclose(got[1], got[0], atol=1e-6)
+    # The largest frame decides the canvas: a 2-frame GIF whose second frame is 3000 x 3000
+    # (2 x 9M pixels) is refused, though its logical screen is 44 x 30.
+    import struct
+
+    big_frame = bytearray(small_blocks)
+    big_frame[descriptors[1] + 5:descriptors[1] + 9] = struct.pack("<HH", 3000, 3000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3000 x 3000 pixels"):
+        embed_bytes(path, [bytes(big_frame)])

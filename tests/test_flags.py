@@ -112,9 +112,95 @@ def test_check_raises_with_every_problem():
     assert "--num_groups=0" in str(info.value) and "--data_dir" in str(info.value)
 
 
-def test_bf16_warns_that_it_is_slow():
+def test_bf16_warns_that_it_is_slow_only_without_bf16_hardware(monkeypatch):
+    from dgml_tf import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2", "fma"}))
     warnings = dgml_flags.training_warnings({"mixed_precision": "mixed_bfloat16"})
     assert any("slow" in w for w in warnings)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    assert dgml_flags.training_warnings({"mixed_precision": "mixed_bfloat16"}) == []
+
+
+# --- machine-dependent defaults (dgml_tf/hardware.py) ------------------------------------------
+
+@pytest.mark.parametrize("flags, gpus, expected", [
+    ({"avx2", "fma"}, (), "none"),                              # this machine's kind
+    ({"avx512f", "avx512_vnni"}, (), "none"),                   # AVX-512 without BF16
+    ({"avx512f", "avx512_bf16"}, (), "mixed_bfloat16"),         # Cooper Lake, Zen 4
+    ({"avx512f", "amx_bf16", "amx_tile"}, (), "mixed_bfloat16"),  # Sapphire Rapids
+    ({"avx512_bf16"}, ((7, 5),), "none"),                       # a T4 trains: no bf16 there
+    ({"avx2"}, ((8, 0), (9, 0)), "mixed_bfloat16"),             # A100 + H100
+    ({"avx2"}, ((8, 6), (7, 0)), "none"),                       # one GPU without bf16
+])
+def test_auto_precision_follows_the_hardware(flags, gpus, expected):
+    from dgml_tf import hardware
+
+    assert hardware.resolve_mixed_precision("auto", flags, gpus) == expected
+    # An explicit choice is never overridden.
+    assert hardware.resolve_mixed_precision("mixed_float16", flags, gpus) == "mixed_float16"
+    assert hardware.resolve_mixed_precision("none", flags, gpus) == "none"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from dgml_tf import hardware
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse2 avx2 avx512_bf16\n"
+                       "\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert hardware.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert hardware.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_onednn_default_keeps_the_users_setting():
+    from dgml_tf import hardware
+
+    unset = {}
+    assert hardware.apply_onednn_default(unset) == {"TF_ENABLE_ONEDNN_OPTS": "1",
+                                                     "source": "default"}
+    assert unset["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    # A child process of the main job inherits our choice and still records it as the default.
+    assert hardware.apply_onednn_default(dict(unset))["source"] == "default"
+    for value in ("0", "1"):
+        user = {"TF_ENABLE_ONEDNN_OPTS": value}
+        assert hardware.apply_onednn_default(user) == {"TF_ENABLE_ONEDNN_OPTS": value,
+                                                       "source": "environment"}
+        assert user == {"TF_ENABLE_ONEDNN_OPTS": value}
+
+
+def test_determinism_default_is_on_for_cpu_only():
+    from dgml_tf import hardware
+
+    assert hardware.resolve_deterministic(None, num_gpus=0) is True
+    assert hardware.resolve_deterministic(None, num_gpus=1) is False
+    assert hardware.resolve_deterministic(False, num_gpus=0) is False
+    assert hardware.resolve_deterministic(True, num_gpus=2) is True
+
+
+def test_auto_precision_resumes_a_run_recorded_with_the_same_precision(tmp_path, monkeypatch):
+    import json
+
+    from dgml_tf import hardware
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--flagfile=fashion_mnist.flags", "--output_dir=run"]
+    auto = dgml_flags.training_config_from_args(base)
+    assert auto["mixed_precision"] == "auto" and auto["deterministic"] is None
+    old = json.loads(json.dumps({**auto, "mixed_precision": "none"}))  # before "auto" existed
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2"}))
+    assert dgml_flags.changed_training_flags(old, auto) == []
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    assert dgml_flags.changed_training_flags(old, auto) == [
+        "--mixed_precision: 'none' (none) -> 'auto' (mixed_bfloat16)"]
+    # Recorded decisions win over this machine's: a bf16 run resumed on the same kind of machine.
+    recorded = {**auto, "runtime": {"mixed_precision": "mixed_bfloat16", "deterministic": True}}
+    assert dgml_flags.changed_training_flags(recorded, auto) == []
+    assert dgml_flags.changed_training_flags(
+        recorded, {**auto, "deterministic": False}) == []
+    # Resumed where auto resolves otherwise (both decisions known): refused, naming both.
+    elsewhere = {**auto, "runtime": {"mixed_precision": "none"}}
+    assert dgml_flags.changed_training_flags(recorded, elsewhere) == [
+        "--mixed_precision: 'auto' (mixed_bfloat16) -> 'auto' (none)"]
 
 
 def test_cli_rejects_bad_flags_before_importing_tensorflow(tmp_path):

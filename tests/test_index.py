@@ -309,3 +309,47 @@ def test_cli_index_of_image_folder(embedder_and_index, tmp_path):
     assert index.ids[0] == os.path.join("shirts", "01.png")
     assert set(index.labels.tolist()) == {0, 1}  # sorted class folders: shirts 0, shoes 1
     assert index.paths[0] == str(tmp_path / "photos" / "shirts" / "01.png")
+
+
+def test_cli_expose_paths_is_recorded_and_off_by_default(embedder_and_index, tmp_path):
+    from dgml_tf import index as dgml_index
+    from serving.retrieval_servable import RetrievalServable
+
+    _, version_dir, _ = embedder_and_index
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(fashion_mnist_images(6)):
+        (folder / f"{i}.png").write_bytes(png_bytes(image))
+
+    for flag, exposed in (([], False), (["--expose_paths"], True)):
+        index_dir = tmp_path / f"idx{exposed}"
+        with pytest.raises(SystemExit) as exit_info:
+            dgml_index.run(["index", f"--saved_model={version_dir}", f"--image_folder={folder}",
+                            f"--index_dir={index_dir}", *flag])
+        assert exit_info.value.code == 0
+        index = load_index(index_dir)
+        assert index.manifest["expose_paths"] is exposed and index.expose_paths is exposed
+        assert index.paths[0] == str(folder / "0.png")  # kept server-side either way
+        servable = RetrievalServable("dgml_retrieval", _VectorEmbedder(), index)
+        out = servable.run("search_embedding", {"embedding": index.embeddings[:2]}, {"k": 3})
+        expected = numpy_top_k(index.embeddings[:2], index.embeddings, 3)[0]
+        want = [[str(folder / f"{j}.png") if exposed else "" for j in row] for row in expected]
+        assert out["paths"].tolist() == want
+
+
+class _VectorEmbedder:
+    """What RetrievalServable reads of an embedder, for embedding queries (no image is embedded)."""
+
+    version, has_attention, embedding_dim = 1, False, 48
+
+
+def test_retrieval_savedmodel_image_bytes_keeps_the_image_guard(embedder_and_index):
+    import tensorflow as tf
+
+    from test_export import png_by_hand
+
+    base, _, _ = embedder_and_index
+    loaded = tf.saved_model.load(str(base / "dgml_retrieval" / "1"))
+    bomb = png_by_hand(np.zeros((1, 1, 3), np.uint8), width=20000, height=20000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit of 16777216 pixels"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([bomb]))

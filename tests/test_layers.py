@@ -5,26 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from backend_checks.numpy_reference import (
+    reference_attentive_grouping as _reference_attentive_grouping,
+)
 from dgml_tf.layers import AttentiveGrouping, FlattenGroups, flatten_groups
-
-
-def _reference_attentive_grouping(x, key_kernel, value_kernel, queries, projection_kernel=None,
-                                  normalize=True):
-    """NumPy re-statement of method.md: keys, values, softmax over positions, weighted sum."""
-    batch, height, width, channels = x.shape
-    positions = x.reshape(batch, height * width, channels).astype(np.float64)
-    keys = positions @ key_kernel  # (B, N, k)
-    values = positions @ value_kernel  # (B, N, d)
-    logits = np.einsum("gk,bnk->bgn", queries, keys)
-    logits -= logits.max(axis=-1, keepdims=True)
-    attention = np.exp(logits)
-    attention /= attention.sum(axis=-1, keepdims=True)
-    groups = np.einsum("bgn,bnd->bgd", attention, values)
-    if projection_kernel is not None:
-        groups = groups @ projection_kernel
-    if normalize:
-        groups /= np.linalg.norm(groups, axis=-1, keepdims=True)
-    return groups, attention.reshape(batch, -1, height, width)
 
 
 @pytest.mark.parametrize(

@@ -4,21 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from backend_checks.numpy_reference import closed_form_probabilities as _closed_form_probabilities
+from backend_checks.numpy_reference import point_at_distance as _point_at_distance
 from dgml_tf.miners import DistanceWeightedMiner, Triplets
-
-
-def _point_at_distance(distance, axis, dim):
-    """A unit vector at chord distance ``distance`` from e0, rotated towards e_axis."""
-    angle = 2.0 * np.arcsin(distance / 2.0)
-    point = np.zeros(dim)
-    point[0], point[axis] = np.cos(angle), np.sin(angle)
-    return point
-
-
-def _closed_form_probabilities(distances, dim, lower_cutoff=0.5):
-    d = np.maximum(np.asarray(distances, np.float64), lower_cutoff)
-    weights = d ** (2.0 - dim) * (1.0 - d**2 / 4.0) ** (-(dim - 3.0) / 2.0)
-    return weights / weights.sum()
 
 
 def _draw(miner, embeddings, labels, draws):

@@ -5,42 +5,23 @@ neighbours and scores from a NumPy cosine search, status/metadata shapes and err
 TF Serving's REST contract (/work/shared/serving-contract.md).
 """
 
-import base64
-import json
 import shutil
 import threading
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.model_config import ModelConfig, parse_model_config_file
-from serving.model_registry import ModelRegistry
-from serving.rest_api import RestServer
+from serving.model_config import ModelConfig
 from serving.state_loader import IndexEmbedderMismatchError, ServingStateLoader
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving_harness import ServerProcess, b64, http
 
 LABELS = [0, 0, 1, 1, 2, 2, 3, 3]
 K, D, GROUP_DIM = 3, 48, 16
 MAX_BODY = 100_000
-
-
-def b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode("ascii")}
-
-
-def http(url, method="GET", body=None):
-    """(status, parsed JSON) for one call; ``body`` is a dict (JSON) or raw bytes."""
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def unit(x):
@@ -54,18 +35,10 @@ def numpy_search(queries, gallery, k):
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-def serve(loader, max_body=MAX_BODY):
-    server = RestServer(("127.0.0.1", 0), ModelRegistry(loader.build, loader.build(None)),
-                        max_body_bytes=max_body)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    return server, thread
-
-
-def stop(server, thread):
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=30)
+def serve(tmp_path, *args):
+    """A real ``python -m serving.server`` process (see tests/serving_harness.py)."""
+    return ServerProcess([f"--max_body_bytes={MAX_BODY}", f"--admin_token={TOKEN}", *args],
+                         tmp_path / "server.log")
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +68,9 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(assets):
-    loader = ServingStateLoader(parse_model_config_file(assets["config"]),
-                                index_dir=str(assets["root"] / "index_v2"), retrieval_for="dgml")
-    srv, thread = serve(loader)
-    yield srv
-    stop(srv, thread)
+    with serve(assets["root"], f"--model_config_file={assets['config']}", "--model_name=dgml",
+               f"--index_dir={assets['root'] / 'index_v2'}") as srv:
+        yield srv
 
 
 # ---------------------------------------------------------------- status and metadata
@@ -143,7 +114,7 @@ def test_metadata_has_tf_serving_shape(server):
     retrieval = http(server.url + "/v1/models/dgml_retrieval/metadata")[1]
     sigs = retrieval["metadata"]["signature_def"]["signature_def"]
     assert set(sigs) == {"serving_default", "search_embedding"}
-    assert set(sigs["serving_default"]["outputs"]) == {"ids", "labels", "paths", "scores", "attention"}
+    assert set(sigs["serving_default"]["outputs"]) == {"ids", "labels", "paths", "scores", "group_scores", "attention"}
     assert dims(sigs["search_embedding"]["inputs"]["embedding"]) == [-1, D]
     assert sigs["serving_default"]["outputs"]["labels"]["dtype"] == "DT_INT64"
 
@@ -221,7 +192,13 @@ ERROR_CASES = [
      "Was: tensorflow/serving/predict"),
     ("POST", "/v1/models/dgml:regress", {"examples": [{}]}, 400, "Expected regression signature"),
     ("POST", "/v1/models/dgml/versions/x:predict", {"instances": [PNG]}, 400, "integer"),
-    ("GET", "/v1/nothing/here", None, 404, "Malformed request"),
+    # TF Serving answers any malformed path under /v1/ with InvalidArgument (400).
+    ("GET", "/v1/nothing/here", None, 400, "Malformed request: GET /v1/nothing/here"),
+    ("GET", "/v1/models/dgml:predict", None, 400, "Malformed request"),
+    ("DELETE", "/v1/models/dgml", None, 400, "Malformed request"),
+    ("POST", "/v1/models/dgml/metadata", {}, 400, "Malformed request"),
+    ("POST", "/v1/models/dgml:explain", {}, 400, "Malformed request"),
+    ("GET", "/not/the/api", None, 404, "Not found"),
     ("POST", "/v1/models/dgml_retrieval:predict", {"instances": [PNG], "k": 0}, 400, "'k'"),
     ("POST", "/v1/models/dgml_retrieval:predict", {"instances": [PNG], "group": K}, 400, "'group'"),
     ("POST", "/v1/models/dgml_retrieval:predict", {"instances": [PNG], "topk": 3}, 400, "topk"),
@@ -270,7 +247,7 @@ def test_retrieval_returns_each_gallery_image_first(server, assets):
         assert row["paths"][0] == f"gallery/{i}.png"
         assert row["scores"][0] == pytest.approx(1.0, abs=1e-4)
         np.testing.assert_allclose(row["scores"], expected_scores[i], atol=1e-4)
-        assert set(row) == {"ids", "labels", "paths", "scores"}
+        assert set(row) == {"ids", "labels", "paths", "scores", "group_scores"}
     # k above the gallery size returns the whole gallery, ranked.
     doc = http(server.url + "/v1/models/dgml_retrieval:predict", "POST",
                {"instances": [b64(images[0])], "k": 100})[1]
@@ -340,82 +317,102 @@ def test_index_from_another_model_version_is_refused_at_start(assets):
 
 
 def test_reload_swaps_versions_atomically_under_load(assets, tmp_path):
+    """What the contract guarantees, and nothing timing-dependent: every answer comes from one
+    consistent (embedder, index) pair, and every request *started after the reload call
+    returned* is served by the new version."""
     base, index_dir = tmp_path / "dgml", tmp_path / "index"
     base.mkdir()
     shutil.copytree(assets["base"] / "1", base / "1")
     shutil.copytree(assets["root"] / "index_v1", index_dir)
-    srv, thread = serve(ServingStateLoader([ModelConfig("dgml", str(base))],
-                                           index_dir=str(index_dir), retrieval_for="dgml"))
     images = assets["images"]
     image = b64(images[3])
     emb = {v: assets["emb"][v][3] for v in (1, 2)}
     scores = {v: numpy_search(assets["emb"][v][3:4], assets["emb"][v], 2)[1][0] for v in (1, 2)}
-    seen, failures, running = [], [], threading.Event()
-    running.set()
+    answers, failures = [], []  # answers: (started after the reload returned, embed v, pair v)
+    progress = threading.Condition()
+    reload_returned, stopping = threading.Event(), threading.Event()
 
     def worker():
         try:
-            query_until_stopped()
-        except Exception as error:
-            failures.append(repr(error))
+            while not stopping.is_set():
+                query()
+        except Exception as error:  # a dead thread must fail the test, not vanish
+            with progress:
+                failures.append(repr(error))
+                progress.notify_all()
 
-    def query_until_stopped():
-        while running.is_set():
-            s1, d1 = http(srv.url + "/v1/models/dgml:predict", "POST", {"instances": [image]})
-            s2, d2 = http(srv.url + "/v1/models/dgml_retrieval:predict", "POST", {"instances": [image], "k": 2})
+    def query():
+        after = reload_returned.is_set()  # read before the request is sent
+        s1, d1 = http(srv.url + "/v1/models/dgml:predict", "POST", {"instances": [image]})
+        s2, d2 = http(srv.url + "/v1/models/dgml_retrieval:predict", "POST", {"instances": [image], "k": 2})
+        with progress:
             if s1 != 200 or s2 != 200:
-                failures.append((s1, s2))
-                continue
-            got = np.asarray(d1["predictions"][0]["embedding"])
-            version = next((v for v in (1, 2) if np.allclose(got, emb[v], atol=1e-5)), None)
-            # The retrieval answer must come from one consistent (embedder, index) pair.
-            pair = next((v for v in (1, 2) if np.allclose(d2["predictions"][0]["scores"], scores[v], atol=1e-4)), None)
-            if version is None or pair is None or d2["predictions"][0]["ids"][0] != "item/3":
-                failures.append(("inconsistent", version, pair))
-            seen.append(version)
+                failures.append((s1, d1, s2, d2))
+            else:
+                got = np.asarray(d1["predictions"][0]["embedding"])
+                version = next((v for v in (1, 2) if np.allclose(got, emb[v], atol=1e-5)), None)
+                # The retrieval answer must come from one consistent (embedder, index) pair.
+                row = d2["predictions"][0]
+                pair = next((v for v in (1, 2) if np.allclose(row["scores"], scores[v], atol=1e-4)), None)
+                if version is None or pair is None or row["ids"][0] != "item/3":
+                    failures.append(("inconsistent", version, pair, row))
+                answers.append((after, version, pair))
+            progress.notify_all()
 
+    def wait_until(predicate):
+        with progress:
+            assert progress.wait_for(lambda: failures or predicate(), timeout=300), "no progress"
+        assert failures == []
+
+    srv = serve(tmp_path, f"--model_base_path={base}", "--model_name=dgml", f"--index_dir={index_dir}")
+    workers = [threading.Thread(target=worker) for _ in range(4)]
     try:
-        workers = [threading.Thread(target=worker) for _ in range(4)]
         for w in workers:
             w.start()
+        wait_until(lambda: len(answers) >= 4)  # version 1 is being served under load
         # A new version appears (staged then renamed, as export_for_serving does) with its index.
         shutil.copytree(assets["base"] / "2", base / ".tmp-2")
         (base / ".tmp-2").rename(base / "2")
         index_gallery(base / "2", images, LABELS, index_dir, backend="scann")
-        status, doc = http(srv.url + "/v1/admin/reload", "POST", {})
+        status, doc = http(srv.url + "/v1/admin/reload", "POST", {}, headers=ADMIN)
         assert status == 200 and doc["reloaded"] is True
-        n_after, deadline = len(seen), time.monotonic() + 120
-        while len(seen) < n_after + 8 and not failures and time.monotonic() < deadline:
-            time.sleep(0.05)
-        running.clear()
+        reload_returned.set()
+        wait_until(lambda: sum(after for after, _, _ in answers) >= 8)
+        stopping.set()
         for w in workers:
-            w.join(timeout=60)
+            w.join(timeout=300)
         assert failures == []
-        assert seen[-1] == 2 and 1 in seen
+        assert any(v == 1 for after, v, _ in answers if not after)
+        late = [(v, pair) for after, v, pair in answers if after]
+        assert late and all(v == 2 and pair == 2 for v, pair in late), late
         assert [s["version"] for s in http(srv.url + "/v1/models/dgml")[1]["model_version_status"]] == ["2"]
         assert http(srv.url + "/v1/models/dgml/versions/1:predict", "POST", {"instances": [image]})[0] == 404
         # Nothing changed on disk: reload is a no-op.
-        assert http(srv.url + "/v1/admin/reload", "POST", {})[1]["reloaded"] is False
+        assert http(srv.url + "/v1/admin/reload", "POST", {}, headers=ADMIN)[1]["reloaded"] is False
+        # The admin endpoint needs the token: none or a wrong one is 401, and nothing reloads.
+        assert http(srv.url + "/v1/admin/reload", "POST", {})[0] == 401
+        assert http(srv.url + "/v1/admin/reload", "POST", {},
+                    headers={"Authorization": f"Bearer {TOKEN}x"})[0] == 401
         # An index of a version that is not served: reload refused, old pair keeps serving.
         shutil.rmtree(index_dir)
         shutil.copytree(assets["root"] / "index_v1", index_dir)
-        status, doc = http(srv.url + "/v1/admin/reload", "POST", {})
+        status, doc = http(srv.url + "/v1/admin/reload", "POST", {}, headers=ADMIN)
         assert status == 400 and "Reload refused" in doc["error"]
         status, doc = http(srv.url + "/v1/models/dgml_retrieval:predict", "POST", {"instances": [image], "k": 2})
         assert status == 200
         np.testing.assert_allclose(doc["predictions"][0]["scores"], scores[2], atol=1e-4)
     finally:
-        running.clear()
-        stop(srv, thread)
+        stopping.set()
+        for w in workers:
+            w.join(timeout=300)
+        assert srv.stop() == 0
 
 
-def test_remote_embedder_mode_matches_local(server, assets):
-    # This server plays TF Serving for a second instance that only does the index part.
-    loader = ServingStateLoader([], index_dir=str(assets["root"] / "index_v2"), retrieval_for="dgml",
-                                embedder_url=server.url + "/v1/models/dgml",
-                                embedder_base_path=str(assets["base"]))
-    remote, thread = serve(loader)
-    try:
+def test_remote_embedder_mode_matches_local(server, assets, tmp_path):
+    # The first server plays TF Serving for a second one that only does the index part.
+    remote = serve(tmp_path, f"--embedder_url={server.url}/v1/models/dgml", "--model_name=dgml",
+                   f"--model_base_path={assets['base']}", f"--index_dir={assets['root'] / 'index_v2'}")
+    with remote:
         assert http(remote.url + "/v1/models/dgml")[0] == 404  # no local embedder
         body = {"instances": [b64(i) for i in assets["images"]], "k": 3, "return_attention": True}
         status, via_remote = http(remote.url + "/v1/models/dgml_retrieval:predict", "POST", body)
@@ -429,8 +426,6 @@ def test_remote_embedder_mode_matches_local(server, assets):
         status, doc = http(remote.url + "/v1/models/dgml_retrieval:predict", "POST",
                            {"instances": [b64(b"not an image")]})
         assert status == 400 and "image" in doc["error"]
-    finally:
-        stop(remote, thread)
     # With the index of another version, the remote pairing is refused too.
     with pytest.raises(IndexEmbedderMismatchError, match="remote embedder"):
         ServingStateLoader([], index_dir=str(assets["root"] / "index_v1"), retrieval_for="dgml",

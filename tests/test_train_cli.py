@@ -219,3 +219,56 @@ def test_resuming_with_other_flags_is_refused_and_leaves_the_run_intact(tiny_run
     with open(os.path.join(out, "best.keras"), "rb") as handle:
         assert handle.read() == before
     assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 2
+
+
+def _bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _tree(path):
+    """Relative path -> bytes of every file under ``path``."""
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            files[os.path.relpath(full, path)] = _bytes(full)
+    return files
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty"])
+def test_noresume_with_a_wrong_data_dir_leaves_the_finished_run_intact(bad, tiny_run, tmp_path):
+    """A typo in --data_dir after a finished run: the command fails before touching the run."""
+    out, _ = tiny_run
+    before = _tree(out)
+    data_dir = tmp_path / "fashion"  # "missing": never created; "empty": no IDX files in it
+    if bad == "empty":
+        data_dir.mkdir()
+    result = run_cli("dgml_tf.train", TINY + [f"--output_dir={out}", "--noresume",
+                                              f"--data_dir={data_dir}"], cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert str(data_dir) in result.stderr
+    assert _tree(out) == before  # best.keras, checkpoints, config: byte-identical
+    assert not os.path.exists(os.path.join(out, "set_aside"))
+
+
+def test_noresume_sets_the_previous_run_aside_and_deletes_nothing(tiny_run, tmp_path):
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], out)
+    before = _tree(out)
+    changed = [a for a in TINY if not a.startswith(("--epochs", "--verbose"))]
+    result = run_cli("dgml_tf.train", changed + ["--epochs=1", "--verbose=0", "--noresume",
+                                                 f"--output_dir={out}"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (aside,) = [line.split(" to ", 1)[1].split(" (nothing deleted)")[0]
+                for line in result.stdout.splitlines() if line.startswith("--noresume: moved")]
+    assert os.path.dirname(aside) == os.path.join(out, "set_aside")
+    # Every file of the previous run is in the set-aside folder, byte for byte.
+    assert _tree(aside) == before
+    assert json.load(open(os.path.join(aside, "config.json")))["epochs"] == 2
+    # The new run starts from scratch in the same directory.
+    assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 1
+    assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["epoch"] == 1
+    assert "Resuming" not in result.stdout

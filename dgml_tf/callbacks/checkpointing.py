@@ -1,14 +1,20 @@
-"""Resumable per-epoch checkpoints of the whole training state, written atomically.
+"""Resumable per-epoch checkpoints of the whole training state, durable and atomic.
 
 Layout in ``<output_dir>/checkpoints``::
 
-    epoch-0007.weights.h5   model + optimizer variables after epoch 7 (Keras ``save_weights``)
-    latest.json             {"epoch": 7, "weights": "epoch-0007.weights.h5", "best": {...}, ...}
+    epoch-0006.weights.h5   model + optimizer variables after epoch 6 (the one before, kept)
+    epoch-0006.json         its state: {"epoch": 6, "weights": ..., "sha256": ..., "best": ...}
+    epoch-0007.weights.h5   after epoch 7
+    epoch-0007.json
+    latest.json             the newest state (same content as epoch-0007.json)
 
-The weights file is written first (under a temporary name, then moved into place), and only then
-``latest.json`` is replaced to point at it. A run killed at any instant therefore finds a pointer
-to a complete checkpoint of the last finished epoch; training restarts at the following epoch.
-Older weight files are removed after the pointer moves on.
+A save writes the weights file (temporary name, fsync, rename, fsync of the folder), then its
+state file, then ``latest.json``, each the same way. A run killed at any instant (or a power cut)
+therefore finds complete checkpoints of the last finished epochs; training restarts after the
+newest readable one. The state records the weights' SHA-256: when the newest weights file is
+damaged (truncated, overwritten), :func:`load_training_state` says so and falls back to the
+previous checkpoint. The last ``keep`` (default 2) checkpoints are kept; older ones are removed
+after the pointer moved on. Temporary files of a save killed half way are removed on start.
 
 Example:
     >>> checkpoint = EpochCheckpoint("runs/cub/checkpoints", nan_guard=guard, best_tracker=best)
@@ -18,17 +24,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Callable, Dict, List, Optional
 
 import keras
 import numpy as np
 
-from dgml_tf.callbacks.atomic import write_atomically, write_json_atomically
+from dgml_tf.callbacks.atomic import (remove_stale_temporaries, write_atomically,
+                                      write_json_atomically)
 
 POINTER = "latest.json"
 WEIGHTS_SUFFIX = ".weights.h5"
+STATE_SUFFIX = ".json"
+KEEP_CHECKPOINTS = 2
+_EPOCH_FILE = re.compile(r"^epoch-(\d{4,})(\.weights\.h5|\.json)$")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the directory can be read; the message names each file and the fix."""
 
 
 @dataclasses.dataclass
@@ -40,28 +56,115 @@ class TrainingState:
         weights_path: absolute path of the weights file of that epoch.
         best: the best-checkpoint tracker's state (metric, value, epoch).
         history: per-epoch logs so far.
+        skipped: "<file>: <why>" for each newer checkpoint that could not be used.
     """
 
     epoch: int
     weights_path: str
     best: Dict[str, Any]
     history: List[Dict[str, float]]
+    skipped: List[str] = dataclasses.field(default_factory=list)
 
 
-def load_training_state(directory: str) -> Optional[TrainingState]:
-    """The last complete checkpoint in ``directory``, or None if there is none."""
-    pointer = os.path.join(directory, POINTER)
-    if not os.path.isfile(pointer):
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except (OSError, ValueError):
         return None
-    with open(pointer, encoding="utf-8") as handle:
-        payload = json.load(handle)
-    weights_path = os.path.join(directory, payload["weights"])
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(
-            f"{pointer} points at {weights_path}, which is missing; the run directory was "
-            "modified by hand. Restore the file or start over with --noresume.")
-    return TrainingState(epoch=int(payload["epoch"]), weights_path=weights_path,
-                         best=payload.get("best", {}), history=payload.get("history", []))
+    return payload if isinstance(payload, dict) and "epoch" in payload and "weights" in payload \
+        else None
+
+
+def _weights_problem(directory: str, payload: dict) -> Optional[str]:
+    """Why the weights ``payload`` names cannot be used (None when they can)."""
+    path = os.path.join(directory, str(payload["weights"]))
+    if os.path.basename(path) != payload["weights"] or not os.path.isfile(path):
+        return "the weights file is missing"
+    expected = payload.get("sha256")
+    if expected is None:  # written before checksums existed: open it at least
+        try:
+            import h5py
+
+            with h5py.File(path, "r"):
+                return None
+        except Exception as error:  # noqa: BLE001 (any h5 failure means unreadable)
+            return f"unreadable ({type(error).__name__})"
+    if file_sha256(path) != expected:
+        return ("its content does not match the checksum recorded when it was saved "
+                "(truncated or overwritten)")
+    return None
+
+
+def load_training_state(directory: str,
+                        report: Optional[Callable[[str], None]] = None) -> Optional[TrainingState]:
+    """The newest complete, intact checkpoint in ``directory``, or None if there is none.
+
+    Candidates are ``latest.json`` and every ``epoch-NNNN.json``, newest epoch first; the first
+    whose weights file exists and matches its recorded SHA-256 wins. Each newer one passed over
+    is reported (``report``, default ``print``) and listed in ``TrainingState.skipped``.
+
+    Raises:
+        CheckpointError: checkpoints exist but none of them is usable.
+    """
+    report = report or print
+    candidates = []
+    pointer = _read_json(os.path.join(directory, POINTER))
+    if pointer is not None:
+        candidates.append((int(pointer["epoch"]), POINTER, pointer))
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        match = _EPOCH_FILE.match(name)
+        if match and match.group(2) == STATE_SUFFIX:
+            payload = _read_json(os.path.join(directory, name))
+            if payload is not None:
+                candidates.append((int(payload["epoch"]), name, payload))
+            else:
+                candidates.append((int(match.group(1)), name, None))
+    if not candidates and not os.path.exists(os.path.join(directory, POINTER)):
+        return None
+    # Newest epoch first; for one epoch, its own state file before the pointer.
+    candidates.sort(key=lambda c: (c[0], c[1] != POINTER), reverse=True)
+    skipped: List[str] = []
+    tried = set()
+    for epoch, name, payload in candidates:
+        if payload is None:
+            skipped.append(f"{name}: unreadable state file")
+            continue
+        key = (epoch, payload["weights"])
+        if key in tried:
+            continue
+        tried.add(key)
+        problem = _weights_problem(directory, payload)
+        if problem:
+            skipped.append(f"{payload['weights']} (epoch {epoch}): {problem}")
+            continue
+        state = TrainingState(epoch=epoch, weights_path=os.path.join(directory, payload["weights"]),
+                              best=payload.get("best", {}), history=payload.get("history", []),
+                              skipped=skipped)
+        if skipped:
+            report("Newer checkpoint(s) cannot be used: " + "; ".join(skipped)
+                   + f". Falling back to the previous checkpoint {state.weights_path} "
+                   f"({epoch} epochs done).")
+        return state
+    if os.path.exists(os.path.join(directory, POINTER)) and pointer is None:
+        skipped.insert(0, f"{POINTER}: unreadable")
+    raise CheckpointError(
+        f"No usable checkpoint in {directory}: " + "; ".join(skipped) + ". Restore the files "
+        "from a backup, or start over with --noresume (the damaged checkpoints are set aside, "
+        "not deleted).")
 
 
 def restore_variables(model: keras.Model, state: TrainingState) -> None:
@@ -100,8 +203,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         >>> model.fit(data, epochs=3, callbacks=[EpochCheckpoint("out/checkpoints")])
     """
 
-    def __init__(self, directory: str, nan_guard=None, best_tracker=None, keep: int = 1,
-                 history: Optional[List[Dict[str, float]]] = None):
+    def __init__(self, directory: str, nan_guard=None, best_tracker=None,
+                 keep: int = KEEP_CHECKPOINTS, history: Optional[List[Dict[str, float]]] = None):
         super().__init__()
         if keep < 1:
             raise ValueError(f"keep={keep} must be >= 1 (the latest checkpoint is needed).")
@@ -111,6 +214,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.keep = keep
         self.history: List[Dict[str, float]] = list(history or [])
         self.skipped_epochs: List[int] = []
+        # Saves killed half way (kill -9, power cut) leave .tmp-<pid>-* files; never ours now.
+        remove_stale_temporaries(directory)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if (self.nan_guard is not None and self.nan_guard.tripped) or not all_finite(self.model):
@@ -123,18 +228,25 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def save(self, completed_epochs: int) -> str:
         """Writes the checkpoint of ``completed_epochs`` finished epochs; returns its path."""
         os.makedirs(self.directory, exist_ok=True)
-        name = f"epoch-{completed_epochs:04d}{WEIGHTS_SUFFIX}"
+        stem = f"epoch-{completed_epochs:04d}"
+        name = stem + WEIGHTS_SUFFIX
         path = os.path.join(self.directory, name)
         write_atomically(path, lambda tmp: self.model.save_weights(tmp), WEIGHTS_SUFFIX)
-        payload = {"epoch": completed_epochs, "weights": name, "history": self.history,
+        payload = {"epoch": completed_epochs, "weights": name, "sha256": file_sha256(path),
+                   "history": self.history,
                    "best": self.best_tracker.state() if self.best_tracker is not None else {}}
+        write_json_atomically(os.path.join(self.directory, stem + STATE_SUFFIX), payload)
         write_json_atomically(os.path.join(self.directory, POINTER), payload)
-        self._remove_old(keep_name=name)
+        self._remove_old(completed_epochs)
         return path
 
-    def _remove_old(self, keep_name: str) -> None:
-        names = sorted(n for n in os.listdir(self.directory)
-                       if n.startswith("epoch-") and n.endswith(WEIGHTS_SUFFIX))
-        stale = [n for n in names if n != keep_name][: max(0, len(names) - self.keep)]
-        for name in stale:
-            os.remove(os.path.join(self.directory, name))
+    def _remove_old(self, newest: int) -> None:
+        epochs = sorted({int(m.group(1)) for m in map(_EPOCH_FILE.match,
+                                                        os.listdir(self.directory)) if m})
+        # Only older epochs than the one just saved; the newest `keep` stay.
+        older = [e for e in epochs if e < newest]
+        for epoch in older[: max(0, len(older) - (self.keep - 1))]:
+            for suffix in (STATE_SUFFIX, WEIGHTS_SUFFIX):  # the state first: never a dangling one
+                stale = os.path.join(self.directory, f"epoch-{epoch:04d}{suffix}")
+                if os.path.exists(stale):
+                    os.remove(stale)

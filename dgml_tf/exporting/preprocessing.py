@@ -2,7 +2,7 @@
 
 A served image must reach the model exactly as evaluation images do, so this module does not
 re-implement anything: it applies ``pipelines.decoding.decode_rgb`` (JPEG/PNG/GIF/BMP/WebP,
-grayscale and RGBA -> RGB) and ``pipelines.transforms.eval_transform`` (shorter side resized to
+grayscale and RGBA -> RGB; served images get its header check first, ``max_pixels``) and ``pipelines.transforms.eval_transform`` (shorter side resized to
 ``resize_size`` with antialiased bilinear, centre crop ``image_size``) to every image of a batch.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from pipelines.decoding import decode_rgb
+from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb
 from pipelines.transforms import eval_transform
 
 # The protocol's ratio: resize 256 then crop 224.
@@ -55,16 +55,26 @@ def check_sizes(image_size: Sequence[int], resize_size: Optional[int]) -> tuple:
 
 
 def decode_and_preprocess_batch(
-    image_bytes: tf.Tensor, image_size: Sequence[int], resize_size: int, channels: int = 3
+    image_bytes: tf.Tensor, image_size: Sequence[int], resize_size: int, channels: int = 3,
+    max_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tf.Tensor:
     """Decodes and preprocesses a batch of encoded images -> float32 (B, h, w, 3) in [0, 255].
 
     Images may have different sizes (each is resized on its own, hence ``map_fn``).
+
+    Args:
+        image_bytes: string (B,) of encoded images.
+        image_size: the crop (h, w).
+        resize_size: shorter side before the crop.
+        channels: 3.
+        max_pixels: each image's header is checked first (format, size, pixel count; see
+            ``pipelines.decoding.check_image_header``) and an image with more pixels to decode
+            fails with ``InvalidArgumentError`` before any decode; None checks nothing.
     """
     size = int(image_size[0])
 
     def one(encoded: tf.Tensor) -> tf.Tensor:
-        return eval_transform(decode_rgb(encoded), size, resize_size)
+        return eval_transform(decode_rgb(encoded, max_pixels=max_pixels), size, resize_size)
 
     return tf.map_fn(
         one, image_bytes, fn_output_signature=tf.TensorSpec((size, size, channels), tf.float32)

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from dgml_tf.exporting import output_names as names
 from dgml_tf.exporting.preprocessing import decode_and_preprocess_batch
+from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,8 @@ def inspect_embedder(model: keras.Model, image_size: Sequence[int], channels: in
 
 
 def build_export_archive(
-    model: keras.Model, spec: EmbedderSpec, resize_size: int
+    model: keras.Model, spec: EmbedderSpec, resize_size: int,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> keras.export.ExportArchive:
     """An ``ExportArchive`` with the ``serving_default`` (bytes) and ``embed_pixels`` endpoints.
 
@@ -112,6 +114,9 @@ def build_export_archive(
         model: the Keras embedder.
         spec: from :func:`inspect_embedder`.
         resize_size: shorter side before the centre crop, in the bytes endpoint.
+        max_image_pixels: the bytes endpoint refuses (``INVALID_ARGUMENT``, from the header,
+            before decoding) images of another format than JPEG/PNG/GIF/BMP/WebP or with more
+            pixels to decode than this, so TF Serving running the export cannot be made to OOM.
 
     Returns:
         The archive; call ``write_out(path)``.
@@ -140,7 +145,8 @@ def build_export_archive(
     )
     def serving_default(image_bytes):
         images = decode_and_preprocess_batch(
-            image_bytes, spec.image_size, resize_size, channels=spec.channels
+            image_bytes, spec.image_size, resize_size, channels=spec.channels,
+            max_pixels=max_image_pixels,
         )
         return embed(images)
 

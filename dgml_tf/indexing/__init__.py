@@ -11,7 +11,8 @@ Public API (used by the REST server)::
 Modules: ``exact_index`` (brute force), ``scann_index`` (ScaNN parameters and searchers),
 ``manifest`` (``manifest.json``), ``publish`` (versioned directories + atomic ``CURRENT``),
 ``gallery`` (gallery sources and embedding them with an export), ``retrieval_index`` (build and
-load), ``retrieval_savedmodel`` (top-k SavedModels for TF Serving).
+load), ``retrieval_savedmodel`` (top-k SavedModels for TF Serving), ``image_store`` (the items'
+encoded images, optionally stored in a version for the explorer page).
 
 Importing this package does not import TensorFlow; only embedding and the retrieval SavedModels do.
 """

@@ -4,8 +4,12 @@ Keys (``FORMAT_VERSION`` 1): ``format_version``, ``num_items``, ``embedding_dim`
 ``num_groups``, ``group_dim``, ``model_fingerprint`` (SavedModel fingerprint of the embedder
 version that produced the embeddings), ``model_dir``, ``backend`` ("scann" or "exact"),
 ``scann_params`` (None for exact), ``similarity`` ("cosine": full embeddings and group slices are
-L2-normalised), ``recall_at_10`` (``{"value", "num_queries", "k"}``: ScaNN vs exact on gallery
-items used as queries; None for exact), ``build_seconds``, ``built_at``, ``files``, ``extra``.
+L2-normalised), ``recall_at_10`` (``{"value", "num_queries", "k", "queries": "held_out", "gallery_items"}``:
+ScaNN vs exact with queries held out of the searched gallery, see
+:func:`dgml_tf.indexing.retrieval_index.held_out_recall`; None for exact), ``expose_paths``
+(clients may see ``paths``; absent in older indexes, read as False), ``images`` (the version
+stores each item's encoded image, :mod:`dgml_tf.indexing.image_store`; absent: False), ``build_seconds``,
+``built_at``, ``files``, ``extra``.
 """
 
 from __future__ import annotations

@@ -3,20 +3,35 @@
 Similarity is cosine: full embeddings are L2-normalised before indexing (for attentive grouping,
 a concatenation of K unit vectors, this only divides by sqrt(K)), and a per-group search
 normalises that group's d-dim slice of both queries and gallery.
+
+Every search returns exactly k distinct items with finite scores, best first, for any k from 1
+to the gallery size: ScaNN searches are made deep enough for k
+(:func:`dgml_tf.indexing.scann_index.search_depths`) and any row ScaNN still answers short
+(padding) is recomputed exactly, never returned.
+
+ScaNN's recall@10 in the manifest is measured with held-out queries: a random sample of the
+gallery (a quarter at most) is left out of a second searcher built with the same parameters on
+the rest, and that searcher's answers for the held-out items are compared with exact search over
+the same rest. Queries are never points of the searched gallery (which would score themselves
+first and inflate recall).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import logging
 import os
+import tempfile
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
 from dgml_tf.indexing import manifest as files
 from dgml_tf.indexing.exact_index import ExactSearcher, exact_top_k, l2_normalize
+from dgml_tf.indexing.image_store import IMAGES_FILE, OFFSETS_FILE, ImageStore, write_image_store
 from dgml_tf.indexing.manifest import IndexFormatError, IndexModelMismatchError, read_manifest
 from dgml_tf.indexing.publish import current_version_dir, staged_index_version
 from dgml_tf.indexing.scann_index import (
@@ -24,9 +39,14 @@ from dgml_tf.indexing.scann_index import (
     ScannParams,
     build_scann_searcher,
     choose_scann_params,
+    leaf_sizes_from_dir,
     load_scann_searcher,
     save_scann_searcher,
+    scann_search,
+    valid_rows,
 )
+
+LOG = logging.getLogger(__name__)
 
 RECALL_K = 10
 RECALL_QUERIES = 1000
@@ -45,7 +65,12 @@ class RetrievalIndex:
     Attributes:
         ids: list of item ids (str).
         labels: int64 (N,) class labels.
-        paths: list of image paths ("" for in-memory images).
+        paths: list of image paths ("" for in-memory images), server-side data: serve them only
+            when ``expose_paths`` is True.
+        expose_paths: the index was built with ``expose_paths=True`` (``--expose_paths``):
+            clients may see the gallery's file paths. False for indexes built before the flag.
+        images: an :class:`~dgml_tf.indexing.image_store.ImageStore` of the items' encoded
+            images when built with ``images=`` (``--store_images``), else None.
         manifest: the version's ``manifest.json`` as a dict.
         embedding_dim, num_groups, group_dim: D, K, d.
         model_fingerprint: SavedModel fingerprint of the embedder that made the embeddings.
@@ -76,9 +101,22 @@ class RetrievalIndex:
         self._normalized = l2_normalize(self.embeddings)
         self._exact = ExactSearcher(self._normalized)
         self._group_cache: Dict[int, np.ndarray] = {}
+        self.expose_paths = bool(manifest.get("expose_paths", False))
+        # The gallery's encoded images when built with images= (else None).
+        self.images = None
+        if manifest.get("images"):
+            try:
+                self.images = ImageStore(version_dir, n)
+            except (OSError, ValueError) as error:
+                raise IndexFormatError(f"Index version {version_dir}: unreadable images: {error}") from error
         self._scann = None
+        self._scann_params = None
+        self._leaf_sizes = None
         if self.backend == "scann":
-            self._scann = load_scann_searcher(os.path.join(version_dir, files.SCANN_DIR))
+            scann_dir = os.path.join(version_dir, files.SCANN_DIR)
+            self._scann = load_scann_searcher(scann_dir)
+            self._scann_params = ScannParams(**(manifest.get("scann_params") or {}))
+            self._leaf_sizes = leaf_sizes_from_dir(scann_dir, self._scann_params.num_leaves)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,6 +129,8 @@ class RetrievalIndex:
                 f"got {queries.shape}. Embed queries with the model version the index was built "
                 f"with (fingerprint {self.model_fingerprint})."
             )
+        if not np.all(np.isfinite(queries)):
+            raise ValueError("queries contain NaN or Inf; embed them again (check the model).")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
             raise ValueError(f"k must be an integer between 1 and the gallery size {len(self)}, got {k!r}.")
         return queries
@@ -125,8 +165,15 @@ class RetrievalIndex:
         normalized = l2_normalize(queries)
         if self._scann is None:
             return self._exact.search(normalized, k)
-        indices, scores = self._scann.search_batched(normalized, final_num_neighbors=k)
-        return indices.astype(np.int64), scores.astype(np.float32)
+        indices, scores = scann_search(self._scann, normalized, int(k), self._scann_params,
+                                       self._leaf_sizes, num_points=len(self))
+        bad = ~valid_rows(indices, scores, len(self))
+        if np.any(bad):
+            # Should not happen with search_depths; a short (padded) answer is never returned.
+            LOG.warning("ScaNN answered %d of %d queries with fewer than k=%d distinct neighbours; "
+                        "searching those exactly", int(bad.sum()), len(bad), k)
+            indices[bad], scores[bad] = self._exact.search(normalized[bad], k)
+        return indices, scores
 
     def search_exact(self, queries: np.ndarray, k: int) -> tuple:
         """Exact search over full embeddings, whatever the backend."""
@@ -176,6 +223,57 @@ def load_index(index_dir: "str | os.PathLike", expected_fingerprint: Optional[st
     return RetrievalIndex(version_dir, manifest)
 
 
+def _params_for(params: ScannParams, num_points: int) -> ScannParams:
+    """``params`` shrunk to fit ``num_points`` (the measurement searcher has fewer points)."""
+    if params.num_leaves is None:
+        return params
+    num_leaves = min(params.num_leaves, num_points)
+    return dataclasses.replace(
+        params, num_leaves=num_leaves,
+        num_leaves_to_search=min(params.num_leaves_to_search, num_leaves),
+        training_sample_size=max(num_leaves, min(params.training_sample_size, num_points)),
+    )
+
+
+def held_out_recall(normalized: np.ndarray, params: ScannParams, recall_queries: int = RECALL_QUERIES,
+                    seed: int = 0, k: int = RECALL_K) -> Optional[Dict[str, Any]]:
+    """ScaNN's recall@k with queries held out of the searched gallery.
+
+    ``min(recall_queries, N // 4)`` random rows of ``normalized`` are left out; a searcher with
+    ``params`` is built on the others and searched (as served: :func:`scann_search`) with the
+    held-out rows; its answers are compared with exact search over the same others. Padded
+    (short) answers count as misses.
+
+    Returns:
+        ``{"value", "num_queries", "k", "queries": "held_out", "gallery_items"}``, or None when
+        the gallery is too small to hold anything out (N < 4).
+
+    Example:
+        >>> held_out_recall(l2_normalize(np.random.rand(4000, 16)), choose_scann_params(4000))["num_queries"]  # doctest: +SKIP
+        1000
+    """
+    n = normalized.shape[0]
+    held = min(int(recall_queries), n // 4)
+    if held < 1 or n - held < 2:
+        return None
+    sample = np.random.default_rng(seed).choice(n, size=held, replace=False)
+    rest_mask = np.ones(n, bool)
+    rest_mask[sample] = False
+    rest, queries = normalized[rest_mask], normalized[sample]
+    measured = _params_for(params, rest.shape[0])
+    k = min(k, rest.shape[0])
+    searcher = build_scann_searcher(rest, measured, num_neighbors=k)
+    sizes = None
+    if measured.num_leaves is not None:
+        with tempfile.TemporaryDirectory(prefix="dgml-recall-") as scratch:
+            save_scann_searcher(searcher, scratch)
+            sizes = leaf_sizes_from_dir(scratch, measured.num_leaves)
+    approx, _ = scann_search(searcher, queries, k, measured, sizes, num_points=rest.shape[0])
+    exact, _ = exact_top_k(queries, rest, k)
+    return {"value": recall_at_k(approx, exact), "num_queries": int(held), "k": int(k),
+            "queries": "held_out", "gallery_items": int(rest.shape[0])}
+
+
 def build_index(
     index_dir: "str | os.PathLike",
     embeddings: np.ndarray,
@@ -191,6 +289,8 @@ def build_index(
     model_dir: Optional[str] = None,
     extra: Optional[Dict[str, Any]] = None,
     seed: int = 0,
+    expose_paths: bool = False,
+    images: Optional[Iterable[bytes]] = None,
 ) -> str:
     """Builds an index version from embeddings and publishes it atomically.
 
@@ -203,11 +303,16 @@ def build_index(
         backend: "exact", "scann", or "auto" (exact below ``exact_below`` items, else ScaNN).
         exact_below: gallery size under which "auto" uses exact search (ScaNN's guidance: 20k).
         scann_params: ScaNN parameters; default :func:`choose_scann_params` for N.
-        recall_queries: gallery items (random sample) used as queries to measure ScaNN's
-            recall@10 against exact search.
+        recall_queries: gallery items (random sample, at most a quarter of N) held out of a
+            measurement searcher built with the same parameters, then used as its queries to
+            measure ScaNN's recall@10 against exact search (module docstring).
         model_dir: the embedder version directory, recorded in the manifest.
         extra: more JSON-serialisable manifest entries.
         seed: seeds the recall sample.
+        expose_paths: let the retrieval model return ``paths`` to clients (recorded in the
+            manifest); by default they stay server-side and clients get empty strings.
+        images: each item's encoded image, in item order (an iterable, streamed), stored in the
+            version (:mod:`dgml_tf.indexing.image_store`) so a server can show neighbours.
 
     Returns:
         The published version directory.
@@ -243,11 +348,7 @@ def build_index(
         params = scann_params or choose_scann_params(n)
         params.validate(n)
         searcher = build_scann_searcher(normalized, params, num_neighbors=RECALL_K)
-        k = min(RECALL_K, n)
-        sample = np.random.default_rng(seed).choice(n, size=min(recall_queries, n), replace=False)
-        approx, _ = searcher.search_batched(normalized[sample], final_num_neighbors=k)
-        exact, _ = exact_top_k(normalized[sample], normalized, k)
-        recall = {"value": recall_at_k(approx, exact), "num_queries": int(sample.size), "k": k}
+        recall = held_out_recall(normalized, params, recall_queries, seed)
 
     with staged_index_version(index_dir) as staging:
         np.save(os.path.join(staging, files.EMBEDDINGS_FILE), embeddings)
@@ -258,6 +359,9 @@ def build_index(
             json.dump(paths, f)
         if searcher is not None:
             save_scann_searcher(searcher, os.path.join(staging, files.SCANN_DIR))
+        stored = images is not None
+        if stored and write_image_store(staging, images) != n:
+            raise ValueError(f"images: got a different number of images than the {n} items.")
         files.write_manifest(
             staging,
             {
@@ -272,10 +376,13 @@ def build_index(
                 "scann_params": params.to_dict() if searcher is not None else None,
                 "similarity": "cosine",
                 "recall_at_10": recall,
+                "expose_paths": bool(expose_paths),
+                "images": stored,
                 "build_seconds": round(time.perf_counter() - started, 3),
                 "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "files": [files.EMBEDDINGS_FILE, files.LABELS_FILE, files.IDS_FILE, files.PATHS_FILE]
-                + ([files.SCANN_DIR] if searcher is not None else []),
+                + ([files.SCANN_DIR] if searcher is not None else [])
+                + ([IMAGES_FILE, OFFSETS_FILE] if stored else []),
                 "extra": extra or {},
             },
         )

@@ -21,6 +21,7 @@ ops are custom kernels: the SavedModel loads only in a process that has imported
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import os
 import pathlib
@@ -36,7 +37,13 @@ from dgml_tf.exporting.tf_serving_layout import check_model_name, resolve_versio
 from dgml_tf.indexing.exact_index import l2_normalize
 from dgml_tf.indexing.manifest import IndexModelMismatchError
 from dgml_tf.indexing.retrieval_index import RetrievalIndex
-from dgml_tf.indexing.scann_index import choose_scann_params, configure_builder, require_scann
+from dgml_tf.indexing.scann_index import (
+    choose_scann_params,
+    configure_builder,
+    leaf_sizes,
+    require_scann,
+    search_depths,
+)
 
 RETRIEVAL_SUFFIX = "_retrieval"
 SCANN_RETRIEVAL_SUFFIX = "_retrieval_scann"
@@ -210,10 +217,18 @@ class ScannRetrievalModule(tf.Module):
         super().__init__(name="scann_retrieval")
         scann = require_scann()
         self.k = int(min(k, len(index)))
+        # Deep enough for k (reorder >= k, leaves holding >= k points): ScaNN pads short answers.
+        n = len(index)
+        pre_reorder, _ = search_depths(params, self.k, None, num_points=n)
+        params = dataclasses.replace(params, reorder_k=pre_reorder)
         database = tf.constant(l2_normalize(index.embeddings))
         builder = scann.scann_ops.builder(database, self.k, "dot_product")
         searcher = configure_builder(builder, params).build()
-        self.searcher = _ScannSearcherResource(searcher.serialize_to_module())
+        state = searcher.serialize_to_module()
+        sizes = leaf_sizes(state.datapoint_to_token.numpy(), params.num_leaves)
+        self.pre_reorder, self.leaves = search_depths(params, self.k, sizes, num_points=n)
+        self.params = params
+        self.searcher = _ScannSearcherResource(state)
         self.labels = tf.Variable(np.asarray(index.labels, np.int64), trainable=False, name="labels")
         self.ids = tf.Variable(np.asarray(index.ids, dtype=object).astype(bytes), trainable=False, name="ids")
 
@@ -222,8 +237,13 @@ class ScannRetrievalModule(tf.Module):
 
         queries = tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-12)
         indices, scores = scann_ops.scann_search_batched(
-            self.searcher.resource_handle, queries, self.k, -1, -1, False
+            self.searcher.resource_handle, queries, self.k, self.pre_reorder, self.leaves, False
         )
+        # Never serve padding (NaN scores): refuse instead (does not happen at these depths).
+        check = tf.debugging.assert_all_finite(
+            scores, f"ScaNN answered fewer than k={self.k} neighbours; export with a larger reorder_k")
+        with tf.control_dependencies([check]):
+            scores = tf.identity(scores)
         return _outputs(self, indices, scores)
 
 
@@ -263,6 +283,8 @@ def export_scann_retrieval_savedmodel(
         write_export_metadata(
             staging,
             _metadata(index, module.k, None, "scann", version, requires_custom_ops=["scann"],
-                      scann_params=scann_params.to_dict()),
+                      scann_params=module.params.to_dict(),
+                      search_depths={"pre_reorder_num_neighbors": module.pre_reorder,
+                                     "leaves_to_search": module.leaves}),
         )
     return model_dir / str(version)

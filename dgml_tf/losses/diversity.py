@@ -51,7 +51,10 @@ def diversity_loss(group_embeddings, beta1: float = 2.0, beta2: float = 0.5, sca
     unit = unit_vectors(groups)
     cosine = ops.einsum("bkd,bjd->bkj", unit, unit)  # (B, K, K)
     per_pair = ops.mean(ops.softplus(beta1 * scale * (cosine - beta2)), axis=0)  # (K, K)
-    upper = np.triu(np.ones((num_groups, num_groups), dtype="float32"), k=1)  # pairs i < j
+    # pairs i < j; a tensor, since torch tensors do not multiply NumPy arrays
+    upper = ops.convert_to_tensor(
+        np.triu(np.ones((num_groups, num_groups), dtype="float32"), k=1)
+    )
     return ops.sum(per_pair * upper) / float(num_groups - 1)
 
 

@@ -6,10 +6,10 @@ import inspect
 from typing import Optional
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from dgml_tf.losses.grouped_inputs import check_same_batch, standardize_groups, standardize_labels
+from dgml_tf.miners.stateless_random import split_seed
 
 
 class GroupedMetricLoss(keras.losses.Loss):
@@ -57,9 +57,7 @@ class GroupedMetricLoss(keras.losses.Loss):
         num_groups = groups.shape[1]
         group_seeds = [None] * num_groups
         if seed is not None and "seed" in inspect.signature(self.group_loss).parameters:
-            group_seeds = tf.unstack(
-                tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=num_groups)
-            )
+            group_seeds = split_seed(seed, num_groups)
         per_group = []
         for k in range(num_groups):
             kwargs = {} if group_seeds[k] is None else {"seed": group_seeds[k]}

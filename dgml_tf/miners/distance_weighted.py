@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from dgml_tf.miners.pairwise import pair_masks, pairwise_squared_distances, safe_sqrt
+from dgml_tf.miners.stateless_random import split_seed, stateless_uniform
 from dgml_tf.miners.triplets import Triplets, TripletMiner
 
 # Keeps log(1 - d^2/4) finite for (numerically) antipodal unit vectors, where d reaches 2.
@@ -40,11 +40,13 @@ class DistanceWeightedMiner(TripletMiner):
 
     Distances are computed without gradient. Sampling uses Keras' stateless random ops with a
     :class:`keras.random.SeedGenerator`, so a given ``seed`` reproduces the same draws (also
-    inside ``tf.function``/XLA). A per-call stateless ``seed`` tensor (what
+    inside ``tf.function``/XLA and ``jax.jit``). A per-call stateless ``seed`` tensor (what
     :class:`dgml_tf.training.MetricLearningModel` passes, derived from its seed and the step)
     overrides the generator: the draws of a step then never depend on earlier steps, so a
-    resumed run equals an uninterrupted one. Create the miner inside ``strategy.scope()`` when training
-    under a ``tf.distribute`` strategy (the seed state is a variable).
+    resumed run equals an uninterrupted one (on every backend; the draws themselves come from
+    each backend's RNG, see :mod:`dgml_tf.miners.stateless_random`). Create the miner inside
+    ``strategy.scope()`` when training under a ``tf.distribute`` strategy (the seed state is a
+    variable).
 
     Args:
         lower_cutoff: distances below this are clamped (0.5 in Wu et al. and the authors' code).
@@ -120,7 +122,7 @@ class DistanceWeightedMiner(TripletMiner):
             uniform = keras.random.uniform(shape, minval=1e-20, maxval=1.0,
                                            seed=self.seed_generator)
         else:
-            uniform = tf.random.stateless_uniform(shape, seed=seed, minval=1e-20, maxval=1.0)
+            uniform = stateless_uniform(shape, seed, minval=1e-20, maxval=1.0)
         gumbel = -ops.log(-ops.log(uniform))
         return ops.argmax(logits + gumbel, axis=-1)
 
@@ -135,9 +137,7 @@ class DistanceWeightedMiner(TripletMiner):
 
         positive_seed = negative_seed = None
         if seed is not None:
-            positive_seed, negative_seed = tf.unstack(
-                tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-            )
+            positive_seed, negative_seed = split_seed(seed, 2)
         positives = ops.cast(self._draw(positive_logits, positive_seed), "int32")
         negatives = ops.cast(self._draw(negative_logits, negative_seed), "int32")
         valid = ops.logical_and(has_positive, has_negative)

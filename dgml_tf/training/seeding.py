@@ -18,10 +18,10 @@ from __future__ import annotations
 import random
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
-def step_seed(seed: int, step) -> tf.Tensor:
+def step_seed(seed: int, step):
     """Returns the stateless-RNG seed for training step ``step``.
 
     Args:
@@ -30,7 +30,9 @@ def step_seed(seed: int, step) -> tf.Tensor:
             ``optimizer.iterations``).
 
     Returns:
-        An int64 tensor of shape (2,), usable as the ``seed`` of ``tf.random.stateless_*`` ops.
+        An integer tensor of shape (2,): int64 on TensorFlow (usable as the ``seed`` of
+        ``tf.random.stateless_*`` ops), int32 on JAX without x64 (the seed taken modulo 2**31);
+        the ``seed`` of :mod:`dgml_tf.miners.stateless_random` on every backend.
 
     Example:
         >>> s = step_seed(7, 3)
@@ -38,7 +40,19 @@ def step_seed(seed: int, step) -> tf.Tensor:
         ...     tf.random.stateless_uniform((), seed=step_seed(7, 3)).numpy())
         True
     """
-    return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    dtype = "int64"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            dtype = "int32"  # JAX without x64 has no int64; key data is 32-bit anyway
+            if isinstance(seed, int):
+                seed = seed % 2**31
+    return ops.stack([ops.cast(seed, dtype), ops.cast(step, dtype)])
 
 
 def new_seed() -> int:
@@ -51,12 +65,20 @@ def set_global_seed(seed: int, op_determinism: bool = False) -> None:
 
     Args:
         seed: integer seed.
-        op_determinism: also call ``tf.config.experimental.enable_op_determinism()`` so that
-            reductions (e.g. gradients of gathers) are bitwise reproducible. Slower; Keras then
-            also disables XLA auto-compilation.
+        op_determinism: on TensorFlow, also call
+            ``tf.config.experimental.enable_op_determinism()`` so that reductions (e.g.
+            gradients of gathers) are bitwise reproducible (slower; Keras then also disables
+            XLA auto-compilation); on PyTorch, ``torch.use_deterministic_algorithms(True)``.
+            JAX needs nothing (its CPU reductions are deterministic).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}.")
     keras.utils.set_random_seed(seed)
-    if op_determinism:
+    if op_determinism and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
+    elif op_determinism and keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
