@@ -62,8 +62,8 @@ def test_two_devices_give_the_one_device_loss_and_gradients(loss_factory):
         whole = np.mean([np_contrastive(labels, groups[:, k]) for k in range(2)])
         shards = np.mean([np_contrastive(labels[s], groups[s, k])
                           for s in (slice(0, 4), slice(4, 8)) for k in range(2)])
-        assert parallel["embedding_loss"][0] == pytest.approx(whole, rel=1e-4)
-        assert abs(whole - shards) > 1e-2
+        assert parallel["embedding_loss"][0] == pytest.approx(whole, rel=1e-5)
+        assert abs(whole - shards) > 5e-4  # ~100x the tolerance above: per-shard would fail
     assert any(np.abs(g).max() > 1e-4 for g in single_gradients)
     for single, parallel in zip(single_gradients, parallel_gradients):
         np.testing.assert_allclose(parallel, single, rtol=1e-4, atol=1e-6)
