@@ -210,3 +210,36 @@ def test_index_build_start_removes_dead_builds_but_not_a_concurrent_one(tmp_path
         (staging / "manifest.json").write_text("{}")
     assert seen == {"dead_gone": True, "staging_kept": True}
     assert publish.complete_versions(tmp_path) == [publish.current_version_dir(tmp_path).name]
+
+
+# --- CI: a missing data or font package fails instead of skipping ------------------------------
+
+def test_ci_turns_a_missing_package_skip_into_a_failure(tmp_path):
+    import shutil
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "pytestmark = []\n"
+        "@pytest.mark.skipif(True, reason='Fashion-MNIST not installed (apt "
+        "dataset-fashion-mnist)')\n"
+        "def test_needs_data(): pass\n"
+        "def test_needs_fonts(): pytest.skip('fonts-dejavu-core is not installed')\n"
+        "def test_other(): pytest.skip('only under bazel test')\n")
+
+    def run(ci):
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        if ci:
+            env["CI"] = "true"
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p",
+                               "no:cacheprovider", str(tmp_path)], cwd=str(tmp_path), env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    local = run(ci=False)
+    assert local.returncode == 0 and "3 skipped" in local.stdout, local.stdout[-2000:]
+    ci = run(ci=True)
+    assert ci.returncode == 1, ci.stdout[-2000:]
+    # A skipif at set-up reports as an error, a pytest.skip in the test as a failure.
+    assert "1 failed, 1 skipped, 1 error" in ci.stdout
+    assert "bash scripts/setup.sh" in ci.stdout and "dataset-fashion-mnist" in ci.stdout
