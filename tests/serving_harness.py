@@ -123,6 +123,12 @@ class ServerProcess:
             self.kill()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii")}
 

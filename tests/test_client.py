@@ -18,15 +18,9 @@ from dgml_tf.indexing import build_index
 from serving import server as server_cli
 from serving.client import RetrievalClient, ServingClientError, main as client_main
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
-from serving_harness import ServerProcess, b64, read_response, read_until_closed
+from serving_harness import ServerProcess, b64, free_port, read_response, read_until_closed
 
 LABELS = [0, 0, 1, 1, 2, 2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ SavedModel's group embeddings, tensors decoded with TensorFlow's ``tf.make_ndarr
 status/metadata answers from the same server's REST API (whose contract has its own tests).
 """
 
-import base64
-import json
 import os
 import re
 import socket
@@ -39,6 +37,7 @@ from tensorflow_serving.apis import (
 
 from serving.client import GrpcRetrievalClient, RetrievalClient, main as client_main
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving_harness import b64, free_port, http
 
 LABELS = [0, 0, 1, 1, 2, 2, 3, 3]
 K, GROUP_DIM = 3, 16
@@ -47,29 +46,8 @@ REPO = Path(__file__).absolute().parents[1]
 StatusCode = grpc.StatusCode
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def http(url, method="GET", body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 @pytest.fixture(scope="module")
