@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.20.0",  # not tensorflow-cpu: scann, tf-serving-api require it by name
     "keras==3.15.1",
     "numpy==2.4.6",
+    "ml_dtypes==0.6.0",  # what TF 2.20 + jax 0.10.2 were tested with (a fresh resolve picks 0.7)
     "protobuf==6.33.6",
     "absl-py==2.5.1",
     "tensorboard==2.20.0",
