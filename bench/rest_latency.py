@@ -80,16 +80,19 @@ def start_server(args: list, log_path: Path, timeout: float = 300.0):
     return process, found["port"]
 
 
-def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int,
-             max_seconds: float) -> dict:
-    """Sends up to ``requests`` requests from ``concurrency`` threads; returns latency stats."""
+def _closed_loop(make_sender, concurrency: int, requests: int, max_seconds: float) -> dict:
+    """Runs ``concurrency`` client threads until ``requests`` are sent or ``max_seconds`` pass.
+
+    ``make_sender()`` is called once per thread and returns ``(send, close)``: ``send(n)`` sends
+    request ``n`` and returns whether it succeeded. Returns latency percentiles (ms) and req/s.
+    """
     latencies, errors, lock = [], [0], threading.Lock()
     counter = iter(range(requests))
     stop_at = time.monotonic() + max_seconds
     start = threading.Barrier(concurrency + 1)
 
     def worker():
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        send, close = make_sender()
         start.wait()
         while time.monotonic() < stop_at:
             with lock:
@@ -97,23 +100,14 @@ def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int
             if n is None:
                 break
             began = time.perf_counter()
-            try:
-                connection.request("POST", path, body=bodies[n % len(bodies)],
-                                   headers={"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            ok = send(n)
             elapsed = time.perf_counter() - began
             with lock:
                 if ok:
                     latencies.append(elapsed)
                 else:
                     errors[0] += 1
-        connection.close()
+        close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -130,6 +124,31 @@ def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int
         "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
         "rps": len(latencies) / wall if wall > 0 else float("nan"),
     }
+
+
+def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int,
+             max_seconds: float) -> dict:
+    """Sends up to ``requests`` requests from ``concurrency`` threads, one keep-alive HTTP/1.1
+    connection each; returns latency stats."""
+
+    def make_sender():
+        state = {"connection": http.client.HTTPConnection("127.0.0.1", port, timeout=120)}
+
+        def send(n):
+            try:
+                state["connection"].request("POST", path, body=bodies[n % len(bodies)],
+                                            headers={"Content-Type": "application/json"})
+                response = state["connection"].getresponse()
+                response.read()
+                return response.status == 200
+            except (OSError, http.client.HTTPException):
+                state["connection"].close()
+                state["connection"] = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                return False
+
+        return send, lambda: state["connection"].close()
+
+    return _closed_loop(make_sender, concurrency, requests, max_seconds)
 
 
 def run_grpc_cell(target: str, requests_protos: list, concurrency: int, requests: int,
@@ -142,47 +161,18 @@ def run_grpc_cell(target: str, requests_protos: list, concurrency: int, requests
 
     channel = grpc.insecure_channel(target)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    latencies, errors, lock = [], [0], threading.Lock()
-    counter = iter(range(requests))
-    stop_at = time.monotonic() + max_seconds
-    start = threading.Barrier(concurrency + 1)
 
-    def worker():
-        start.wait()
-        while time.monotonic() < stop_at:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                break
-            began = time.perf_counter()
-            try:
-                stub.Predict(requests_protos[n % len(requests_protos)], timeout=120)
-                ok = True
-            except grpc.RpcError:
-                ok = False
-            elapsed = time.perf_counter() - began
-            with lock:
-                if ok:
-                    latencies.append(elapsed)
-                else:
-                    errors[0] += 1
+    def send(n):
+        try:
+            stub.Predict(requests_protos[n % len(requests_protos)], timeout=120)
+            return True
+        except grpc.RpcError:
+            return False
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    began = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - began
-    channel.close()
-    ms = np.asarray(latencies) * 1e3
-    return {
-        "n": len(latencies), "errors": errors[0],
-        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "rps": len(latencies) / wall if wall > 0 else float("nan"),
-    }
+    try:
+        return _closed_loop(lambda: (send, lambda: None), concurrency, requests, max_seconds)
+    finally:
+        channel.close()
 
 
 def grpc_requests(images: list, k) -> list:
