@@ -14,11 +14,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +53,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serving_harness import b64, free_port, http  # noqa: E402
+from serving_harness import ServerProcess, b64, http  # noqa: E402
 
 
 def _index(root: Path, name: str, saved_model, images, expose_paths: bool) -> Path:
@@ -95,46 +90,25 @@ def assets(tmp_path_factory):
             "private_index": _index(root, "private", saved_model, images, expose_paths=False)}
 
 
-def _serve(assets, index_dir, log_name):
-    port = free_port()
-    log = open(assets["root"] / log_name, "w")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_name=dgml",
-         f"--model_base_path={assets['base']}", f"--index_dir={index_dir}", f"--port={port}",
-         "--grpc_port=-1", "--host=127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {(assets['root'] / log_name).read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/v1/models/dgml_retrieval", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("server not ready")
-            time.sleep(0.5)
-    return process, url, log
+def _serve(assets, index_dir, log_name) -> ServerProcess:
+    """A real server process, ready once it has logged its ready line."""
+    return ServerProcess(["--model_name=dgml", f"--model_base_path={assets['base']}",
+                          f"--index_dir={index_dir}", "--grpc_port=-1", "--host=127.0.0.1"],
+                         assets["root"] / log_name)
 
 
-def _stop(process, log):
-    process.terminate()
+def _stop(process: ServerProcess) -> None:
     try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
+        process.stop(timeout=60)
+    finally:
         process.kill()
-        process.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
 def server(assets):
-    process, url, log = _serve(assets, assets["index"], "server.log")
-    yield url
-    _stop(process, log)
+    process = _serve(assets, assets["index"], "server.log")
+    yield process.url
+    _stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +316,8 @@ def test_explorer_fits_phone_and_desktop_widths(server, assets, browser):
 
 
 def test_explorer_empty_gallery_state(assets, browser):
-    process, url, log = _serve(assets, assets["private_index"], "private.log")
+    process = _serve(assets, assets["private_index"], "private.log")
+    url = process.url
     try:
         status, doc = http(url + "/v1/gallery/dgml_retrieval")
         assert status == 200 and doc["items"] == [] and not doc["images_available"]
@@ -360,4 +335,4 @@ def test_explorer_empty_gallery_state(assets, browser):
         assert browser.find_element(By.ID, "results").get_attribute("data-attention") == "unavailable"
         assert all(r["src"] is None for r in shown)
     finally:
-        _stop(process, log)
+        _stop(process)

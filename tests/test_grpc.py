@@ -13,7 +13,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -37,7 +36,7 @@ from tensorflow_serving.apis import (
 
 from serving.client import GrpcRetrievalClient, RetrievalClient, main as client_main
 from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
-from serving_harness import b64, free_port, http
+from serving_harness import ServerProcess, b64, http
 
 LABELS = [0, 0, 1, 1, 2, 2, 3, 3]
 K, GROUP_DIM = 3, 16
@@ -76,45 +75,25 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(assets):
-    port, grpc_port = free_port(), free_port()
     log_path = assets["root"] / "server.log"
-    log = open(log_path, "w")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", f"--model_config_file={assets['config']}",
-         "--model_name=dgml", f"--index_dir={assets['root'] / 'index'}", f"--port={port}",
-         f"--grpc_port={grpc_port}", "--host=127.0.0.1", f"--max_body_bytes={MAX_BODY}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-    url = f"http://127.0.0.1:{port}"
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/v1/models/dgml_retrieval", timeout=2):
-                pass
-            grpc.channel_ready_future(channel).result(timeout=5)
-            break
-        except (OSError, grpc.FutureTimeoutError):
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"server not ready: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield {"url": url, "target": f"127.0.0.1:{grpc_port}", "channel": channel,
+    # Readiness from what the server reports: its ready line (REST) and its gRPC line (port 0).
+    process = ServerProcess(
+        [f"--model_config_file={assets['config']}", "--model_name=dgml",
+         f"--index_dir={assets['root'] / 'index'}", "--grpc_port=0", "--host=127.0.0.1",
+         f"--max_body_bytes={MAX_BODY}"], log_path)
+    target = re.search(r"gRPC on (\S+)", process.wait_for(r"gRPC on \S+")).group(1)
+    channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    yield {"url": process.url, "target": target, "channel": channel,
            "predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
            "models": model_service_pb2_grpc.ModelServiceStub(channel), "log": log_path}
     channel.close()
-    process.terminate()
     try:
-        code = process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
+        code = process.stop(timeout=60)
+    finally:
         process.kill()
-        process.wait(timeout=30)
-        code = "killed after 60 s"
-    log.close()
     # SIGTERM stops the gRPC server with REST: a clean exit, not a hang.
-    assert code == 0, f"server exit: {code}; {log_path.read_text()[-2000:]}"
+    assert code == 0, f"server exit: {code}; {process.log[-2000:]}"
 
 
 def predict_request(model, inputs, version=None, label=None, signature=None, output_filter=()):
