@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "serving": ["scann[tf]==1.4.2", "tensorflow-serving-api==2.20.0",
-                # the REST stack (README, "REST service"): ASGI server, routing, metrics
+                # the REST stack (docs/serving.md, "The HTTP stack"): ASGI server, routing, metrics
                 "uvicorn==0.54.0", "h11==0.16.0", "starlette==1.10.0", "prometheus_client==0.26.0"],
     "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
     "similarity": ["tensorflow-similarity==0.17.1"],
@@ -34,7 +34,9 @@ EXTRAS = {
              # releases need a certifi newer than the index here has
              "selenium==4.38.0",
              # the JAX-backend tests (tests/test_backends.py); resolves next to TF 2.20
-             "jax[cpu]==0.10.2"],
+             "jax[cpu]==0.10.2",
+             # lint (tests/test_lint.py runs it over the repo; config in pyproject.toml)
+             "ruff==0.8.6"],
 }
 # Everything a user may run, benchmark-only comparisons (faiss) excepted.
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "benchmark" for req in reqs})
@@ -52,11 +54,11 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "dgml-train=dgml_tf.train:run",
-            "dgml-evaluate=dgml_tf.evaluate:run",
-            "dgml-export=dgml_tf.export:run",
-            "dgml-index=dgml_tf.index:run",
-            "dgml-explain=dgml_tf.explain:run",
+            "dgml-train=dgml_tf.train.cli:run",
+            "dgml-evaluate=dgml_tf.evaluate.cli:run",
+            "dgml-export=dgml_tf.export.cli:run",
+            "dgml-index=dgml_tf.index.cli:run",
+            "dgml-explain=dgml_tf.explain.cli:run",
         ]
     },
 )

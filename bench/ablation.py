@@ -12,7 +12,7 @@ attentive_div       attentive grouping with the flagfile's ``--lambda_div``
 ==================  =====================================================================
 
 Each run is ``python -m dgml_tf.train --flagfile=<dataset>.flags --seed=S --head=...
---output_dir=<out>/runs/<variant>/seed<S>`` in a subprocess; train.py selects the model on the
+--output_dir=<out>/runs/<variant>/seed<S>`` in a subprocess; it selects the model on the
 validation classes and writes the test metrics of that model to ``summary.json``. This script
 collects them and reports mean +- standard deviation (over seeds, ddof=1) of Recall@1, MAP@R and
 NMI on the unseen test classes, next to training-free baselines on the same test split at the
@@ -93,6 +93,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--render_only", action="store_true",
                         help="Rewrite ablation.md / ablation.png from <output_dir>/ablation.json "
                              "without training or evaluating anything.")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="Also refresh the section ablation_<flagfile name> of "
+                             "docs/results.md with the tables (bench/doc_tables.py).")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -126,7 +129,8 @@ def overrides(args: argparse.Namespace) -> List[str]:
 
 
 def training_config(flagfile: str, extra: Sequence[str] = ()) -> Dict[str, Any]:
-    """The flag values train.py would use for ``--flagfile`` plus ``extra`` (no TF import)."""
+    """The flag values ``dgml_tf.train`` would use for ``--flagfile`` plus ``extra`` (no TF
+    import)."""
     from dgml_tf import flags as dgml_flags
 
     return dgml_flags.training_config_from_args([f"--flagfile={flagfile}", *extra])
@@ -160,17 +164,21 @@ def run_training(command: List[str], run_dir: str) -> Dict[str, Any]:
 
 
 def load_summary(run_dir: str) -> Dict[str, Any]:
-    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as handle:
+    from dgml_tf.run_dir import RunDir
+
+    with open(RunDir(run_dir).summary_path, encoding="utf-8") as handle:
         return json.load(handle)
 
 
 def run_all(args: argparse.Namespace) -> Dict[str, Dict[int, Dict[str, Any]]]:
     """Trains (or, with --resume, reuses) every variant x seed; returns their summaries."""
+    from dgml_tf.run_dir import RunDir
+
     jobs, summaries = [], {v: {} for v in args.variants}
     for seed in range(args.seeds):
         for variant in args.variants:
             run_dir = run_dir_of(args.output_dir, variant, seed)
-            if args.resume and os.path.isfile(os.path.join(run_dir, "summary.json")):
+            if args.resume and os.path.isfile(RunDir(run_dir).summary_path):
                 summaries[variant][seed] = load_summary(run_dir)
                 print(f"  reusing {run_dir}")
                 continue
@@ -188,7 +196,8 @@ def run_all(args: argparse.Namespace) -> Dict[str, Dict[int, Dict[str, Any]]]:
 def diversity_of_run(run_dir: str, splits, config: Mapping[str, Any],
                      max_per_class: Optional[int]) -> Dict[str, Any]:
     """group cosine / attention overlap of a run's best.keras on the test split (cached)."""
-    from dgml_tf import explain
+    from dgml_tf.evaluate import load_run
+    from dgml_tf.explain import model_diversity
 
     path = os.path.join(run_dir, "diversity.json")
     if os.path.isfile(path):
@@ -196,23 +205,12 @@ def diversity_of_run(run_dir: str, splits, config: Mapping[str, Any],
             cached = json.load(handle)
         if cached.get("max_per_class") == max_per_class:
             return cached
-    model, _ = explain.load_run(run_dir)
-    stats = explain.model_diversity(model, splits, config, "test", max_per_class)
+    model, _ = load_run(run_dir)
+    stats = model_diversity(model, splits, config, "test", max_per_class)
     stats["max_per_class"] = max_per_class
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(stats, handle)
     return stats
-
-
-def load_splits(config: Mapping[str, Any]):
-    """The dataset split exactly as train.py reads it for ``config`` (its seed included)."""
-    import pipelines
-    from dgml_tf.evaluate import _count
-
-    val = config["val_classes"]
-    return pipelines.load_dataset(config["dataset"], config["data_dir"],
-                                  **({} if val is None else {"val_classes": _count(val)}),
-                                  seed=int(config["seed"]))
 
 
 def baseline_metrics(splits, config: Mapping[str, Any], max_per_class: Optional[int],
@@ -226,8 +224,7 @@ def baseline_metrics(splits, config: Mapping[str, Any], max_per_class: Optional[
     import numpy as np
 
     import pipelines
-    from dgml_tf.evaluate import limit_per_class
-    from dgml_tf.evaluation import evaluate_retrieval, recall_ks_for
+    from dgml_tf.evaluate import evaluate_retrieval, limit_per_class, recall_ks_for
 
     records = limit_per_class(splits.test, max_per_class)
     dataset = pipelines.make_eval_dataset(records, splits.arrays,
@@ -354,7 +351,7 @@ def plot(result: Mapping[str, Any], path: str) -> str:
 
     names = ordered_rows(result)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], METRICS):
+    for ax, (key, label) in zip(axes[0], METRICS, strict=True):
         stats = [result["rows"][n]["metrics"].get(key) or {} for n in names]
         means = [100 * (s.get("mean") or 0.0) for s in stats]
         stds = [100 * (s.get("std") or 0.0) for s in stats]
@@ -380,6 +377,16 @@ def write_report(result: Mapping[str, Any], output_dir: str) -> str:
     return text
 
 
+def write_docs(args: argparse.Namespace, text: str) -> None:
+    """Refreshes ``<!-- bench:ablation_<flagfile name> -->`` of docs/results.md with ``text``."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from doc_tables import RESULTS_DOC, cpu_note, refresh_section
+
+    name = "ablation_" + os.path.basename(args.flagfile).rsplit(".flags", 1)[0]
+    refresh_section(RESULTS_DOC, name, cpu_note() + "\n\n" + text)
+    print(f"refreshed {name} in {RESULTS_DOC}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.render_only:
@@ -389,6 +396,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             result = json.load(handle)
         print(write_report(result, args.output_dir))
+        if args.write_docs:
+            write_docs(args, format_markdown(result))
         return result
     os.makedirs(args.output_dir, exist_ok=True)
     base = training_config(args.flagfile, overrides(args))
@@ -406,13 +415,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     # Baselines and diversity need the test split each seed trained on (glyphs' class split
     # depends on the seed); identical test splits are evaluated once.
+    from dgml_tf.run_dir import load_splits
+
     pretrained = base["weights"] not in ("none", None)
     baselines: Dict[int, Dict[str, Any]] = {}
     diversity: Dict[str, Dict[int, Any]] = {v: {} for v in args.variants if "attentive" in v}
     seen: Dict[tuple, Dict[str, Any]] = {}
     for seed in range(args.seeds):
         config = training_config(args.flagfile, overrides(args) + [f"--seed={seed}"])
-        splits = load_splits(config)
+        splits = load_splits(config)  # exactly as the runs read it (the seed's class split)
         key = tuple(r.item_id for r in splits.test)
         if key not in seen:
             seen[key] = baseline_metrics(splits, config, args.eval_max_per_class, pretrained)
@@ -439,6 +450,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     with open(os.path.join(args.output_dir, "ablation.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2, sort_keys=True, default=float)
     print(write_report(result, args.output_dir))
+    if args.write_docs:
+        write_docs(args, format_markdown(result))
     return result
 
 

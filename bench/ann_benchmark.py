@@ -25,8 +25,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dgml_tf.indexing import choose_scann_params, exact_top_k, l2_normalize, recall_at_k  # noqa: E402
-from dgml_tf.indexing.scann_index import build_scann_searcher  # noqa: E402
+from dgml_tf.distances import l2_normalize_np  # noqa: E402
+from dgml_tf.index import choose_scann_params, exact_top_k, recall_at_k  # noqa: E402
+from dgml_tf.index.scann_index import build_scann_searcher  # noqa: E402
 
 
 def grouped_clustered_vectors(n: int, groups: int = 3, group_dim: int = 170, clusters: int = 1000,
@@ -38,7 +39,7 @@ def grouped_clustered_vectors(n: int, groups: int = 3, group_dim: int = 170, clu
         centres = rng.standard_normal((clusters, group_dim)) * spectrum
         assignment = rng.integers(0, clusters, n)
         noise = rng.standard_normal((n, group_dim)) * spectrum * 0.5
-        parts.append(l2_normalize((centres[assignment] + noise).astype(np.float32)))
+        parts.append(l2_normalize_np((centres[assignment] + noise).astype(np.float32)))
     return np.concatenate(parts, axis=1)
 
 
@@ -53,12 +54,14 @@ def main() -> None:
     parser.add_argument("--num_items", type=int, default=200_000)
     parser.add_argument("--num_queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args()
     k = args.k
 
     data = grouped_clustered_vectors(args.num_items + args.num_queries)
-    gallery = l2_normalize(data[: args.num_items])
-    queries = l2_normalize(data[args.num_items:])
+    gallery = l2_normalize_np(data[: args.num_items])
+    queries = l2_normalize_np(data[args.num_items:])
     print(f"gallery {gallery.shape}, queries {queries.shape}, k={k}, single-threaded")
 
     rows = []
@@ -78,7 +81,8 @@ def main() -> None:
           flush=True)
     for leaves in sorted({params.num_leaves_to_search, 8, 16, 32, 48, 64}):
         (found, _), seconds = timed(
-            lambda: searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=leaves))
+            lambda leaves=leaves: searcher.search_batched(queries, final_num_neighbors=k,
+                                                          leaves_to_search=leaves))
         label = f"ScaNN tree {params.num_leaves} leaves, search {leaves}, AH, reorder {params.reorder_k}"
         report(label, recall_at_k(found, truth), len(queries) / seconds, build)
 
@@ -107,6 +111,15 @@ def main() -> None:
             print(f"  {best[0]:<70} recall {best[1]:.4f}  {best[2]:.1f} QPS")
         else:
             print(f"  {prefix}: no setting reached recall 0.95")
+    table = [f"{len(gallery):,} gallery + {len(queries):,} query vectors of {gallery.shape[1]} "
+             f"dims, k = {k}, single-threaded search", "",
+             "| method | recall@10 | QPS | build s |", "|---|---:|---:|---:|"]
+    table += [f"| {label} | {recall:.4f} | {qps:.1f} | {build:.1f} |"
+              for label, recall, qps, build in rows]
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, cpu_note, refresh_section  # bench/ is sys.path[0]
+        refresh_section(BENCHMARKS_DOC, "ann", cpu_note() + "\n\n" + "\n".join(table))
+        print(f"refreshed ann in {BENCHMARKS_DOC}")
 
 
 if __name__ == "__main__":

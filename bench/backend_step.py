@@ -58,7 +58,7 @@ def worker(args) -> dict:
 
     from dgml_tf.losses import MarginLoss
     from dgml_tf.models import build_embedding_model
-    from dgml_tf.training import MetricLearningModel
+    from dgml_tf.train import MetricLearningModel
 
     keras.utils.set_random_seed(0)
     embedder = build_embedding_model(args.backbone, (args.image_size, args.image_size, 3),
@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args(argv)
     if args.batch < 8 or args.batch % 4:
         parser.error("--batch must be a multiple of 4 and >= 8 (4 images per class)")
@@ -125,13 +127,14 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)))
         return 0
 
-    print(f"CPU: {cpu_description()}")
-    print(f"{args.backbone} + attentive grouping (K={args.num_groups}, D={args.embedding_dim}), "
-          f"{args.image_size} px, batch {args.batch}, MarginLoss + diversity, Adam; median of "
-          f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up steps")
+    header = [f"CPU: {cpu_description()}",
+              f"{args.backbone} + attentive grouping (K={args.num_groups}, D={args.embedding_dim}), "
+              f"{args.image_size} px, batch {args.batch}, MarginLoss + diversity, Adam; median of "
+              f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up steps"]
+    print("\n".join(header))
     rows, reference = [], None
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])
-                   if not a.startswith("--backends")]
+                   if not a.startswith(("--backends", "--write_docs"))]
     for backend in args.backends.split(","):
         python = _python_for(backend)
         if python is None:
@@ -156,6 +159,11 @@ def main(argv=None) -> int:
                     f"{versions})")
     print("backend      time/step   throughput   speed")
     print("\n".join(rows))
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, refresh_section  # bench/ is sys.path[0]
+        table = header + ["backend      time/step   throughput   speed"] + rows
+        refresh_section(BENCHMARKS_DOC, "backend_step", "```\n" + "\n".join(table) + "\n```")
+        print(f"refreshed backend_step in {BENCHMARKS_DOC}")
     return 0
 
 

@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args()
 
     import keras
@@ -84,14 +86,20 @@ def main() -> None:
         return model.predict(images, batch_size=args.batch_size, verbose=0)["embedding"]
 
     reference = run_keras()
+    table = []
     for name, fn in (("SavedModel", run_savedmodel), ("ONNX Runtime", run_onnx)):
-        print(f"max |{name} - Keras| = {np.abs(fn() - reference).max():.2e}")
-    print(f"\n{len(images)} images {args.size}x{args.size}, batch {args.batch_size}, "
-          f"{args.threads} thread(s); best of 3")
-    print(f"{'runtime':<28} {'images/s':>10}")
+        table.append(f"max |{name} - Keras| = {np.abs(fn() - reference).max():.2e}")
+    table += ["", f"{len(images)} images {args.size}x{args.size}, batch {args.batch_size}, "
+              f"{args.threads} thread(s); best of 3", "",
+              "| runtime | images/s |", "|---|---:|"]
     for name, fn in (("TF SavedModel embed_pixels", run_savedmodel), ("ONNX Runtime", run_onnx),
                      ("Keras model.predict", run_keras)):
-        print(f"{name:<28} {len(images) / best_of(fn):>10.1f}")
+        table.append(f"| {name} | {len(images) / best_of(fn):.1f} |")
+    print("\n".join(table))
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, cpu_note, refresh_section  # bench/ is sys.path[0]
+        refresh_section(BENCHMARKS_DOC, "embedder_throughput", cpu_note() + "\n\n" + "\n".join(table))
+        print(f"refreshed embedder_throughput in {BENCHMARKS_DOC}")
 
 
 if __name__ == "__main__":

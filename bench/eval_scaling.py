@@ -44,7 +44,7 @@ def _rss_mb() -> float:
 
 
 def run_ours(x, labels, chunk_size: int) -> dict:
-    from dgml_tf.evaluation import evaluate_retrieval
+    from dgml_tf.evaluate import evaluate_retrieval
 
     result = evaluate_retrieval(x, labels, recall_ks=RECALL_KS, compute_nmi=False,
                                 compute_map_at_r=False, chunk_size=chunk_size)
@@ -70,7 +70,7 @@ def run_faiss(x, labels, chunk_size: int) -> dict:
         relevant = labels[neighbours] == labels[rows, None]
         for j, kk in enumerate(RECALL_KS):
             hits[j] += int(relevant[:, :kk].any(axis=1).sum())
-    return {f"recall@{kk}": float(h) / len(x) for kk, h in zip(RECALL_KS, hits)}
+    return {f"recall@{kk}": float(h) / len(x) for kk, h in zip(RECALL_KS, hits, strict=True)}
 
 
 def worker(args) -> None:
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("ours", "faiss"), help=argparse.SUPPRESS)
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -127,28 +129,34 @@ def main() -> None:
         rows[name] = json.loads(lines[-1])
 
     full_matrix_mb = args.num_items ** 2 * 4 / 2 ** 20
-    print(f"Recall@K, {args.num_items} x {args.dim} unit vectors, {args.num_classes} classes, "
-          f"chunk {args.chunk_size} (a full N x N float32 matrix would be {full_matrix_mb:,.0f} MB)")
+    table = [f"Recall@K, {args.num_items} x {args.dim} unit vectors, {args.num_classes} classes, "
+             f"chunk {args.chunk_size} (a full N x N float32 matrix would be {full_matrix_mb:,.0f} MB)",
+             ""]
     header = ["method", "seconds", "RSS before MB", "peak RSS MB", "search peak MB"] + [
         f"R@{k}" for k in RECALL_KS]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    table.append("| " + " | ".join(header) + " |")
+    table.append("|" + "---|" * len(header))
     labels = {"ours": "dgml_tf chunked TF top_k", "faiss": "faiss IndexFlatIP"}
     for name, row in rows.items():
         if "error" in row:
-            print(f"| {labels[name]} | " + row["error"] + " |" * (len(header) - 1))
+            table.append(f"| {labels[name]} | " + row["error"] + " |" * (len(header) - 1))
             continue
         label = labels[name] + (f" {row['version']}" if row.get("version") else "")
         cells = [label, f"{row['seconds']:.1f}", f"{row['rss_before_mb']:.0f}",
                  f"{row['peak_rss_mb']:.0f}", f"{row['peak_rss_mb'] - row['rss_before_mb']:.0f}"]
         cells += [f"{100 * row['recalls'][f'recall@{k}']:.3f}" for k in RECALL_KS]
-        print("| " + " | ".join(cells) + " |")
+        table.append("| " + " | ".join(cells) + " |")
     if "error" not in rows["faiss"]:
         diff = max(abs(rows["ours"]["recalls"][key] - rows["faiss"]["recalls"][key])
                    for key in rows["ours"]["recalls"])
         flips = diff * args.num_items
-        print(f"Largest Recall@K difference: {100 * diff:.4f} points ({flips:.0f} queries)"
-              + (" - identical." if diff == 0 else " - float rounding at the K-th boundary."))
+        table += ["", f"Largest Recall@K difference: {100 * diff:.4f} points ({flips:.0f} queries)"
+                  + (" - identical." if diff == 0 else " - float rounding at the K-th boundary.")]
+    print("\n".join(table))
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, cpu_note, refresh_section  # bench/ is sys.path[0]
+        refresh_section(BENCHMARKS_DOC, "eval_scaling", cpu_note() + "\n\n" + "\n".join(table))
+        print(f"refreshed eval_scaling in {BENCHMARKS_DOC}")
 
 
 if __name__ == "__main__":

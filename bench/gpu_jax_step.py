@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from dgml_tf.losses import MarginLoss  # noqa: E402
 from dgml_tf.models import build_embedding_model  # noqa: E402
-from dgml_tf.training import MetricLearningModel  # noqa: E402
+from dgml_tf.train import MetricLearningModel  # noqa: E402
 
 
 def _build(image_size: int, batch: int, args, optimizer) -> MetricLearningModel:

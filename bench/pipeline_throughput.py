@@ -10,7 +10,7 @@ Generates ``--num-images`` (default 2,000) 500x375 JPEGs (smooth random content,
 Next to the train pipeline it prints the training step's consumption rate (images/s), so one
 sees whether input or compute limits training. That rate is either passed in
 (``--train-rate``, e.g. measured with the training CLI) or measured by
-``dgml_tf.training.measure_train_step_rate(image_size=..., batch_size=...)`` when that function
+``dgml_tf.train.measure_train_step_rate(image_size=..., batch_size=...)`` when that function
 exists; otherwise the column says "n/a" (no number is made up).
 
 Usage::
@@ -28,26 +28,7 @@ import tempfile
 import time
 from typing import Optional
 
-import numpy as np
-
-
-def write_jpegs(folder: str, num_images: int, num_classes: int, seed: int) -> list:
-    """Writes 500x375 JPEGs and returns their records."""
-    from PIL import Image
-
-    from pipelines.records import Record
-
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(num_images):
-        label = i % num_classes
-        coarse = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((500, 375), Image.BICUBIC)
-        path = os.path.join(folder, f"{label:04d}", f"{i:06d}.jpg")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        image.save(path, "JPEG", quality=90)
-        records.append(Record(path, label, os.path.relpath(path, folder)))
-    return records
+from synthetic_images import write_jpegs  # bench/ is sys.path[0]
 
 
 def images_per_second(iterator, batch_size: int, steps: int, warmup: int = 2) -> float:
@@ -63,7 +44,7 @@ def training_consumption_rate(given: Optional[float], image_size: int, batch_siz
     if given is not None:
         return f"{given:,.0f} (given)"
     try:
-        from dgml_tf import training
+        from dgml_tf import train as training
     except ImportError:
         return "n/a"
     measure = getattr(training, "measure_train_step_rate", None)
@@ -86,6 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="reuse/keep generated JPEGs here instead of a temporary folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args(argv)
 
     folder = args.data_dir or tempfile.mkdtemp(prefix="dgml_pipeline_bench_")
@@ -123,11 +106,16 @@ def main(argv=None) -> None:
              f"{train_rate:,.0f}", consumption),
             (f"eval resize {args.resize_size}, crop {args.image_size}", f"{eval_rate:,.0f}", ""),
         ]
-        print(f"\nCPU cores: {os.cpu_count()}, images: {len(records)}, timed steps: {args.steps}")
-        print(f"| {'pipeline':<36} | {'images/s':>9} | {'training step consumes (images/s)':>33} |")
-        print(f"|{'-' * 38}|{'-' * 11}|{'-' * 35}|")
-        for name, rate, other in rows:
-            print(f"| {name:<36} | {rate:>9} | {other:>33} |")
+        table = [f"CPU cores: {os.cpu_count()}, images: {len(records)}, timed steps: {args.steps}",
+                 "",
+                 f"| {'pipeline':<36} | {'images/s':>9} | {'training step consumes (images/s)':>33} |",
+                 f"|{'-' * 38}|{'-' * 11}|{'-' * 35}|"]
+        table += [f"| {name:<36} | {rate:>9} | {other:>33} |" for name, rate, other in rows]
+        print("\n" + "\n".join(table))
+        if args.write_docs:
+            from doc_tables import BENCHMARKS_DOC, cpu_note, refresh_section  # bench/ is sys.path[0]
+            refresh_section(BENCHMARKS_DOC, "pipeline_throughput", cpu_note() + "\n\n" + "\n".join(table))
+            print(f"refreshed pipeline_throughput in {BENCHMARKS_DOC}")
     finally:
         if args.data_dir is None:
             shutil.rmtree(folder, ignore_errors=True)

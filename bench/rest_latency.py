@@ -38,18 +38,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from doc_tables import cpu_note  # noqa: E402  (bench/ is sys.path[0])
+from serving.ports import free_port  # noqa: E402
+
 _READY = re.compile(r" on http://([0-9.]+):(\d+) \(ready")
-
-
-def cpu_flags() -> str:
-    """What ``grep -o 'avx512_bf16\\|avx2' /proc/cpuinfo | sort -u`` prints, on one line."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = sorted(set(re.findall(r"\b(avx512_bf16|avx2)\b", text)))
-    model = re.search(r"model name\s*:\s*(.+)", text)
-    return f"{' '.join(flags) or 'neither avx2 nor avx512_bf16'}" + (f" ({model.group(1).strip()})" if model else "")
 
 
 def start_server(args: list, log_path: Path, timeout: float = 300.0):
@@ -192,29 +184,23 @@ def grpc_requests(images: list, k) -> list:
     return protos
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def print_grpc_table(results: dict, endpoints, concurrency_levels) -> None:
-    """REST and gRPC rows of the same cells side by side."""
-    print("\nREST vs gRPC, the same single-image load (REST: one keep-alive HTTP/1.1 connection "
-          "per client thread; gRPC: one HTTP/2 channel)")
-    print("| endpoint | clients | batching | REST p50 ms | REST p99 ms | REST req/s | gRPC p50 ms | "
-          "gRPC p99 ms | gRPC req/s | gRPC/REST req/s |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+def grpc_table(results: dict, endpoints, concurrency_levels) -> list:
+    """REST and gRPC rows of the same cells side by side (Markdown lines)."""
+    lines = ["REST vs gRPC, the same single-image load (REST: one keep-alive HTTP/1.1 connection "
+             f"per client thread; gRPC: one HTTP/2 channel); {cpu_note()}", "",
+             "| endpoint | clients | batching | REST p50 ms | REST p99 ms | REST req/s | gRPC p50 ms | "
+             "gRPC p99 ms | gRPC req/s | gRPC/REST req/s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in endpoints:
         for concurrency in concurrency_levels:
             for mode in ("off", "on"):
                 rest, rpc = results[(name, concurrency, mode)], results[("gRPC " + name, concurrency, mode)]
-                print(f"| {name} | {concurrency} | {mode} | {rest['p50']:.1f} | {rest['p99']:.1f} | "
-                      f"{rest['rps']:.1f} | {rpc['p50']:.1f} | {rpc['p99']:.1f} | {rpc['rps']:.1f} | "
-                      f"{rpc['rps'] / rest['rps']:.2f}x |"
-                      + (f" (gRPC errors: {rpc['errors']})" if rpc["errors"] else ""))
+                lines.append(
+                    f"| {name} | {concurrency} | {mode} | {rest['p50']:.1f} | {rest['p99']:.1f} | "
+                    f"{rest['rps']:.1f} | {rpc['p50']:.1f} | {rpc['p99']:.1f} | {rpc['rps']:.1f} | "
+                    f"{rpc['rps'] / rest['rps']:.2f}x |"
+                    + (f" (gRPC errors: {rpc['errors']})" if rpc["errors"] else ""))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -225,10 +211,12 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--grpc", action="store_true",
                         help="also send the same cells over gRPC (a REST vs gRPC table)")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the tables in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+    from serving.synthetic_gallery import export_tiny_embedder, index_synthetic_gallery, synthetic_gallery
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="rest_latency_") as tmp:
@@ -236,7 +224,7 @@ def main(argv=None) -> int:
         labels = [i % 16 for i in range(args.gallery)]
         images = synthetic_gallery(labels)
         version_dir = export_tiny_embedder(tmp / "models", "dgml", 1, seed=0)
-        index_gallery(version_dir, images, labels, tmp / "index", backend="scann")
+        index_synthetic_gallery(version_dir, images, labels, tmp / "index", backend="scann")
         b64 = [{"b64": base64.b64encode(i).decode("ascii")} for i in images[:32]]
         endpoints = {
             "dgml:predict (embed)": ("/v1/models/dgml:predict",
@@ -247,7 +235,7 @@ def main(argv=None) -> int:
         common = [f"--model_base_path={tmp / 'models' / 'dgml'}", "--model_name=dgml",
                   f"--index_dir={tmp / 'index'}", "--host=127.0.0.1", "--log_level=WARNING"]
         for mode, flags in (("off", ["--enable_batching=false"]), ("on", ["--enable_batching=true"])):
-            grpc_port = _free_port() if args.grpc else -1
+            grpc_port = free_port() if args.grpc else -1
             process, port = start_server(common + flags + [f"--grpc_port={grpc_port}"],
                                          tmp / f"server_{mode}.log")
             try:
@@ -268,21 +256,29 @@ def main(argv=None) -> int:
                 process.terminate()
                 process.wait(timeout=120)
 
-    print(f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
-          f"{os.cpu_count()} CPU cores shared by client and server; CPU flags: {cpu_flags()}")
-    print("| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
-          "p99 on/off | req/s on/off |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
+             f"{os.cpu_count()} CPU cores shared by client and server; {cpu_note()}",
+             "", "| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
+             "p99 on/off | req/s on/off |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in endpoints:
         for concurrency in args.concurrency:
             off, on = results[(name, concurrency, "off")], results[(name, concurrency, "on")]
             for mode, s in (("off", off), ("on", on)):
                 ratios = (f"{on['p99'] / off['p99']:.2f}x | {on['rps'] / off['rps']:.2f}x"
                           if mode == "on" else " | ")
-                print(f"| {name} | {concurrency} | {mode} | {s['n']} | {s['errors']} | "
-                      f"{s['p50']:.1f} | {s['p99']:.1f} | {s['rps']:.1f} | {ratios} |")
+                lines.append(f"| {name} | {concurrency} | {mode} | {s['n']} | {s['errors']} | "
+                             f"{s['p50']:.1f} | {s['p99']:.1f} | {s['rps']:.1f} | {ratios} |")
+    print("\n".join(lines))
+    tables = {"rest_latency": "\n".join(lines)}
     if args.grpc:
-        print_grpc_table(results, endpoints, args.concurrency)
+        tables["rest_grpc_latency"] = "\n".join(grpc_table(results, endpoints, args.concurrency))
+        print("\n" + tables["rest_grpc_latency"])
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, refresh_section  # bench/ is sys.path[0]
+        for name, table in tables.items():
+            refresh_section(BENCHMARKS_DOC, name, table)
+        print(f"refreshed {', '.join(tables)} in {BENCHMARKS_DOC}")
     return 0
 
 

@@ -68,7 +68,7 @@ RESULT_MARKER = "RESULT_JSON "
 OPTIONS = ("onednn", "noonednn", "tfdefault", "det", "nodet", "xla", "bf16", "fp16", "pipeline")
 DEFAULT_VARIANTS = "default,nodet,tfdefault,bf16"
 # The authors' CUB recipe (method.md); the rates do not change the speed, the ops they imply do.
-LAMBDA_DIV = 0.02
+RECIPE_FLAGFILE = "cub.flags"
 
 
 def parse_variant(name: str) -> tuple:
@@ -132,60 +132,20 @@ def _onednn_enabled() -> Optional[bool]:
         return None
 
 
-def build_training_model(batch: int, image_size: int, num_classes: int, jit_compile: bool):
-    """Our model, loss and grouped optimizer, compiled as the training CLI does."""
+def benchmark_model(batch: int, image_size: int, num_classes: int, jit_compile: bool):
+    """Our model, loss and grouped optimizer from cub.flags, compiled as the training CLI does
+    (``dgml_tf.train.recipe``; random init: the weights do not change the speed)."""
     import keras
 
-    from dgml_tf.losses import MarginLoss
-    from dgml_tf.models import build_embedding_model
-    from dgml_tf.training import (
-        GroupConfig,
-        MetricLearningModel,
-        StepSchedule,
-        build_grouped_optimizer,
-    )
+    from dgml_tf import flags as dgml_flags
+    from dgml_tf.train import recipe
 
+    config = dgml_flags.training_config_from_args([
+        f"--flagfile={RECIPE_FLAGFILE}", "--weights=none", f"--image_size={image_size}",
+        f"--resize_size={image_size}", f"--jit_compile={jit_compile}"])
     keras.utils.set_random_seed(0)
-    embedding_model = build_embedding_model(
-        backbone="resnet50", input_shape=(image_size, image_size, 3), weights=None,
-        head="attentive", num_groups=3, embedding_dim=512, freeze_batch_norm=True,
-    )
-    loss = MarginLoss(num_classes=num_classes, num_groups=3, seed=0)
-    model = MetricLearningModel(embedding_model, loss, diversity_weight=LAMBDA_DIV, seed=0)
-    schedule = StepSchedule((55,), 0.3)
-    optimizer = build_grouped_optimizer(
-        model,
-        {
-            "backbone": GroupConfig(1e-5, 3e-3, schedule=schedule),
-            "key_value": GroupConfig(1e-5, 3e-3, schedule=schedule),
-            "queries": GroupConfig(1e-5, 1e-3, schedule=schedule),
-            "loss": GroupConfig(5e-5, 0.0, schedule=schedule),
-        },
-        steps_per_epoch=100,
-    )
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    _, model = recipe.build_training_model(config, num_classes, steps_per_epoch=100)
     return model
-
-
-def write_jpegs(folder: str, num_classes: int, per_class: int, seed: int = 0) -> list:
-    """Writes 500x375 JPEGs (smooth random content, quality 90) and returns their records."""
-    import numpy as np
-    import tensorflow as tf
-
-    from pipelines.records import Record
-
-    rng = np.random.default_rng(seed)
-    records = []
-    for index in range(num_classes * per_class):
-        label = index % num_classes
-        coarse = rng.integers(0, 256, (1, 24, 32, 3)).astype("float32")
-        image = tf.image.resize(coarse, (375, 500), method="bicubic")[0]
-        encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
-        path = os.path.join(folder, f"{label:03d}", f"{index:05d}.jpg")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tf.io.write_file(path, encoded)
-        records.append(Record(path, label, os.path.relpath(path, folder)))
-    return records
 
 
 def _time_blocks(run_step, steps: int, repeats: int, batch: int) -> list:
@@ -206,7 +166,8 @@ def variant_worker(args) -> dict:
 
     from dgml_tf import hardware
 
-    # The training CLI's defaults (train.runtime_decisions) unless the variant overrides them.
+    # The training CLI's defaults (dgml_tf.train.preflight.runtime_decisions) unless the
+    # variant overrides them.
     deterministic = hardware.resolve_deterministic(
         True if "det" in options else False if "nodet" in options else None,
         len(tf.config.list_physical_devices("GPU")))
@@ -226,10 +187,12 @@ def variant_worker(args) -> dict:
             import pipelines
 
             num_classes = batch  # twice the classes of a batch, 3 images each
-            records = write_jpegs(folder, num_classes, 3)
+            from synthetic_images import write_jpegs  # bench/ is sys.path[0]
+
+            records = write_jpegs(folder, num_classes * 3, num_classes)
             dataset = pipelines.make_train_dataset(
                 records, batch_classes=batch // 2, images_per_class=2, image_size=size, seed=0,
-                check_files=False,  # the files were just written by TF's own encoder
+                check_files=False,  # the files were just written by bench/synthetic_images.py
             )
             batches = iter(dataset)
             # The pipeline on its own (same threads): does it keep up with the step?
@@ -246,7 +209,7 @@ def variant_worker(args) -> dict:
             images = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
             labels = tf.constant(np.arange(batch) // 2, tf.int64)
             batches = None
-        model = build_training_model(batch, size, num_classes, jit_compile="xla" in options)
+        model = benchmark_model(batch, size, num_classes, jit_compile="xla" in options)
         model.make_train_function()
 
         def run_step():
@@ -273,7 +236,7 @@ def flops_worker(args) -> dict:
     from flops import function_flops
 
     batch, size = args.batch, args.image_size
-    model = build_training_model(batch, size, batch // 2, jit_compile=False)
+    model = benchmark_model(batch, size, batch // 2, jit_compile=False)
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
     labels = tf.constant(np.arange(batch) // 2, tf.int64)
     model.make_train_function()
@@ -408,8 +371,8 @@ def _precision(result_or_variant) -> str:
     return "bf16" if "bf16" in parse_variant(variant) else "fp32"
 
 
-def render_table(args, machine, versions, results, torch_results, flops, peaks) -> str:
-    lines = [
+def _table_header(args, machine, versions) -> list:
+    return [
         f"### Training step speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} logical cores "
@@ -423,11 +386,10 @@ def render_table(args, machine, versions, results, torch_results, flops, peaks) 
         "\"vs PyTorch\" compares with the PyTorch row of the same precision.",
         "",
     ]
-    peak = max((p["gflops"] for p in peaks.values() if "gflops" in p), default=None)
-    step_flops = flops.get("step_flops")
-    torch_rates = {k: statistics.median(r["images_per_s"]) for k, r in torch_results.items()
-                   if "images_per_s" in r}
-    lines += [
+
+
+def _table_rows(args, results, torch_results, torch_rates, step_flops, peak) -> list:
+    lines = [
         "| variant | oneDNN | determinism | precision | images/s | ms/step | vs PyTorch "
         "| first step (s) | GFLOP/s | % of peak | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -472,7 +434,12 @@ def render_table(args, machine, versions, results, torch_results, flops, peaks) 
             f"{torch_result.get('first_step_s', float('nan')):.1f} | {cells} "
             "| torchvision ResNet50 (v1.5); FLOPs by torch FlopCounterMode |"
         )
-    lines.append("")
+    return lines
+
+
+def _table_notes(args, results, torch_results, torch_rates, flops, peaks, peak) -> list:
+    step_flops = flops.get("step_flops")
+    lines = [""]
     if step_flops:
         lines.append(
             f"FLOPs per step (ours): {step_flops / 1e9:.1f} GFLOP = "
@@ -523,6 +490,16 @@ def render_table(args, machine, versions, results, torch_results, flops, peaks) 
         lines.append(f"Ratio ours (best variant, {best['variant']}) / PyTorch "
                      f"({_precision(best)}): "
                      f"{rates[best['variant']] / torch_rates[_precision(best)]:.2f}.")
+    return lines
+
+
+def render_table(args, machine, versions, results, torch_results, flops, peaks) -> str:
+    peak = max((p["gflops"] for p in peaks.values() if "gflops" in p), default=None)
+    torch_rates = {k: statistics.median(r["images_per_s"]) for k, r in torch_results.items()
+                   if "images_per_s" in r}
+    lines = _table_header(args, machine, versions)
+    lines += _table_rows(args, results, torch_results, torch_rates, flops.get("step_flops"), peak)
+    lines += _table_notes(args, results, torch_results, torch_rates, flops, peaks, peak)
     return "\n".join(lines)
 
 
@@ -594,6 +571,8 @@ def main(argv=None) -> None:
                         help="no FLOP count (no GFLOP/s and %% of peak columns)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("--write_docs", action="store_true",
+                        help="also refresh the table in docs/benchmarks.md (bench/doc_tables.py)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny run to check the script: 64 px, batch 4, 1 step, 1 repeat")
     parser.add_argument("--_worker", choices=("variant", "flops", "peak"), help=argparse.SUPPRESS)
@@ -615,6 +594,10 @@ def main(argv=None) -> None:
     if args.output:
         with open(args.output, "w") as handle:
             handle.write(table + "\n")
+    if args.write_docs:
+        from doc_tables import BENCHMARKS_DOC, refresh_section  # bench/ is sys.path[0]
+        refresh_section(BENCHMARKS_DOC, "train_step_speed", table)
+        print(f"refreshed train_step_speed in {BENCHMARKS_DOC}")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ Keras 3 backend (TensorFlow, JAX, PyTorch) and import without TensorFlow; the re
 ``tensorflow==2.20.0`` and says so when it is missing.
 """
 
-from dgml_tf import _missing_tensorflow
+from dgml_tf import _missing_tensorflow, _renamed_modules
 from dgml_tf._legacy_keras_guard import check_not_legacy_keras
 
 check_not_legacy_keras()
 _missing_tensorflow.install()
+_renamed_modules.install()  # the 0.1 module paths (dgml_tf.training, ...) for one release
 
 __version__ = "0.1.0"

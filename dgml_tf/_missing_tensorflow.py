@@ -25,7 +25,7 @@ MESSAGE = (
     "No module named 'tensorflow'. This part of dgml_tf needs TensorFlow (tf.data pipelines, "
     "SavedModel/TF Serving export, indexing, tf.distribute training, the CLIs): "
     f"pip install {TENSORFLOW_PIN}. Without it, dgml_tf.layers, dgml_tf.losses, dgml_tf.miners, "
-    "dgml_tf.models (Keras-shipped backbones) and dgml_tf.training.MetricLearningModel run on "
+    "dgml_tf.models (Keras-shipped backbones) and dgml_tf.train.MetricLearningModel run on "
     "KERAS_BACKEND=jax or torch."
 )
 

@@ -24,20 +24,27 @@ from typing import List, Mapping, Optional
 
 from absl import flags as absl_flags
 
-DATASETS = ("cub", "cars196", "sop", "inshop", "fashion_mnist", "glyphs")
+from dgml_tf.flag_parsing import define_alias  # noqa: F401 (the CLIs' old flag spellings)
+
+# The name lists come from their registries (each importable without TensorFlow).
+from dgml_tf.losses.registry import available_losses
+from dgml_tf.models.names import BACKBONES, HEADS, PARAMETER_GROUP_NAMES
+from pipelines.augmentations import AUGMENTATION_CHOICES as AUGMENTATIONS
+from pipelines.registry import available_datasets
+
+DATASETS = tuple(available_datasets())
 # Datasets read from files under --data_dir; the others are generated or shipped in memory.
 ON_DISK_DATASETS = ("cub", "cars196", "sop", "inshop")
 # Datasets evaluated as query vs gallery instead of each test item against all the others.
 QUERY_GALLERY_DATASETS = ("inshop",)
-BACKBONES = ("resnet50", "small_cnn", "mobilenet_v2")
-HEADS = ("attentive", "grouping", "single")
-LOSSES = ("margin", "binomial", "contrastive", "multisimilarity")
+LOSSES = available_losses()
 MIXED_PRECISION = ("auto", "none", "mixed_float16", "mixed_bfloat16")
-# Flag value -> key of dgml_tf.evaluation.evaluate_retrieval's result.
+# Flag value -> key of dgml_tf.evaluate.evaluate_retrieval's result.
 SELECTION_METRICS = {"map_at_r": "map@r", "recall_at_1": "recall@1"}
 NAMED_WEIGHTS = ("imagenet", "torchvision", "none")
-AUGMENTATIONS = ("auto", "crop_flip", "small_shift", "none")
-GROUP_NAMES = ("backbone", "key_value", "queries", "beta")
+# Learning rate of the margin loss' betas: the training recipe gives it to the optimizer's loss
+# group (dgml_tf.train.group_names.LOSS_GROUP). The model's groups have --lr_<group>, --wd_<group>.
+LOSS_LEARNING_RATE_FLAG = "lr_beta"
 
 
 class FlagValidationError(ValueError):
@@ -110,14 +117,15 @@ def define_training_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> N
     absl_flags.DEFINE_bool("hflip", True, "Random horizontal flips in the training augmentation "
                            "(--nohflip where a mirror image is another class, e.g. glyphs).",
                            flag_values=values)
-    for group, lr, wd in (("backbone", 1e-5, 0.003), ("key_value", 1e-5, 0.003),
-                          ("queries", 1e-5, 0.001)):
+    defaults = {"backbone": (1e-5, 0.003), "key_value": (1e-5, 0.003), "queries": (1e-5, 0.001)}
+    for group in PARAMETER_GROUP_NAMES:
+        lr, wd = defaults[group]
         absl_flags.DEFINE_float(f"lr_{group}", lr, f"Learning rate of the {group} parameters.",
                                 flag_values=values)
         absl_flags.DEFINE_float(f"wd_{group}", wd, f"Weight decay of the {group} parameters.",
                                 flag_values=values)
-    absl_flags.DEFINE_float("lr_beta", 5e-5, "Learning rate of the margin loss betas (no decay).",
-                            flag_values=values)
+    absl_flags.DEFINE_float(LOSS_LEARNING_RATE_FLAG, 5e-5, "Learning rate of the margin loss "
+                            "betas (no decay).", flag_values=values)
     absl_flags.DEFINE_bool("decoupled_weight_decay", False, "AdamW-style decoupled decay instead "
                            "of Adam's coupled L2 (the authors' form).", flag_values=values)
     absl_flags.DEFINE_list("lr_decay_epochs", ["55"], "Epochs after which lr is multiplied by "
@@ -190,6 +198,13 @@ def validate_training_flags(values: Mapping[str, object],
     Returns:
         A list of error messages; warnings are available from :func:`training_warnings`.
     """
+    replicas = num_replicas if num_replicas is not None else values.get("num_replicas")
+    return [*_model_errors(values), *_data_errors(values), *_batch_errors(values, replicas),
+            *_size_and_schedule_errors(values), *_optimizer_errors(values)]
+
+
+def _model_errors(values: Mapping[str, object]) -> List[str]:
+    """Problems of --num_groups, --embedding_dim, --head and --reduction."""
     errors: List[str] = []
     get = values.get
     k, dim = get("num_groups"), get("embedding_dim")
@@ -209,26 +224,33 @@ def validate_training_flags(values: Mapping[str, object],
                       "--num_groups=1 (or choose --head=attentive/grouping).")
     if get("reduction") is not None and get("reduction") < 1:
         errors.append(f"--reduction={get('reduction')} must be >= 1 (the paper uses 8).")
+    return errors
 
-    dataset = get("dataset")
-    data_dir = get("data_dir")
+
+def _data_errors(values: Mapping[str, object]) -> List[str]:
+    """Problems of --dataset with --data_dir."""
+    dataset, data_dir = values.get("dataset"), values.get("data_dir")
     if dataset in ON_DISK_DATASETS:
         if not data_dir:
-            errors.append(f"--dataset={dataset} is read from disk: pass --data_dir=<directory "
-                          f"holding the extracted {dataset} files>.")
-        elif not os.path.isdir(data_dir):
-            errors.append(f"--data_dir={data_dir!r} does not exist or is not a directory; point "
-                          f"it at the extracted {dataset} dataset.")
+            return [f"--dataset={dataset} is read from disk: pass --data_dir=<directory "
+                    f"holding the extracted {dataset} files>."]
+        if not os.path.isdir(data_dir):
+            return [f"--data_dir={data_dir!r} does not exist or is not a directory; point "
+                    f"it at the extracted {dataset} dataset."]
     elif data_dir and not os.path.isdir(data_dir):
-        errors.append(f"--data_dir={data_dir!r} does not exist; create it or leave it unset.")
+        return [f"--data_dir={data_dir!r} does not exist; create it or leave it unset."]
+    return []
 
-    p, m = get("classes_per_batch"), get("images_per_class")
+
+def _batch_errors(values: Mapping[str, object], replicas: Optional[int]) -> List[str]:
+    """Problems of the P x K batch and its split over ``replicas``."""
+    errors: List[str] = []
+    p, m = values.get("classes_per_batch"), values.get("images_per_class")
     if p is not None and p < 2:
         errors.append(f"--classes_per_batch={p}: a batch needs >= 2 classes to have negatives.")
     if m is not None and m < 2:
         errors.append(f"--images_per_class={m}: a batch needs >= 2 images per class to have "
                       "positives.")
-    replicas = num_replicas if num_replicas is not None else get("num_replicas")
     if replicas is not None and p and m and p >= 1 and m >= 1:
         if replicas < 1:
             errors.append(f"--num_replicas={replicas} must be >= 1.")
@@ -237,7 +259,13 @@ def validate_training_flags(values: Mapping[str, object],
                           f"= {p * m} is not divisible by the {replicas} replicas; pick "
                           f"classes_per_batch so that P x K is a multiple of {replicas} (e.g. "
                           f"--classes_per_batch={_round_up_batch(p, m, replicas)}).")
+    return errors
 
+
+def _size_and_schedule_errors(values: Mapping[str, object]) -> List[str]:
+    """Problems of the image sizes, the epoch/evaluation counts and --val_classes."""
+    errors: List[str] = []
+    get = values.get
     size, resize = get("image_size"), get("resize_size")
     if size is not None and size < 8:
         errors.append(f"--image_size={size} is too small; use >= 8 (224 for ResNet50).")
@@ -253,13 +281,21 @@ def validate_training_flags(values: Mapping[str, object],
     if val is not None and (val < 0 or (val >= 1 and not float(val).is_integer())):
         errors.append(f"--val_classes={val} must be 0 (no validation), a fraction in (0, 1) or "
                       "a whole number of classes.")
-    for group in GROUP_NAMES:
-        lr = get(f"lr_{group}")
+    return errors
+
+
+def _optimizer_errors(values: Mapping[str, object]) -> List[str]:
+    """Problems of the per-group rates and decays, --lambda_div, the decay and --weights."""
+    errors: List[str] = []
+    get = values.get
+    for lr_flag, wd_flag in [*((f"lr_{g}", f"wd_{g}") for g in PARAMETER_GROUP_NAMES),
+                             (LOSS_LEARNING_RATE_FLAG, None)]:
+        lr = get(lr_flag)
         if lr is not None and not lr > 0:
-            errors.append(f"--lr_{group}={lr} must be > 0.")
-        wd = get(f"wd_{group}")
+            errors.append(f"--{lr_flag}={lr} must be > 0.")
+        wd = get(wd_flag) if wd_flag else None
         if wd is not None and wd < 0:
-            errors.append(f"--wd_{group}={wd} must be >= 0.")
+            errors.append(f"--{wd_flag}={wd} must be >= 0.")
     if get("lambda_div") is not None and get("lambda_div") < 0:
         errors.append(f"--lambda_div={get('lambda_div')} must be >= 0.")
     factor = get("lr_decay_factor")

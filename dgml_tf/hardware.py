@@ -1,7 +1,7 @@
 """What the machine can do, and the fast defaults that follow from it. Imports no TensorFlow.
 
 - oneDNN: TensorFlow turns its oneDNN CPU kernels on by itself only on some CPUs, although they
-  speed the training step up on the others too (README, Benchmarks). ``TF_ENABLE_ONEDNN_OPTS`` is
+  speed the training step up on the others too (docs/benchmarks.md). ``TF_ENABLE_ONEDNN_OPTS`` is
   read when TensorFlow is imported, so :func:`apply_onednn_default` must run before that; a value
   the user set is always kept.
 - bfloat16: ``--mixed_precision=auto`` trains in ``mixed_bfloat16`` where the hardware has bf16

@@ -17,12 +17,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional
 
-from dgml_tf.callbacks.atomic import write_json_atomically, write_text_atomically
-from dgml_tf.evaluation.table import format_table
-
-SUMMARY_JSON = "summary.json"
-SUMMARY_TABLE = "summary.md"
-CONFIG_JSON = "config.json"
+from dgml_tf.atomic import write_json_atomically, write_text_atomically
+from dgml_tf.results_table import format_table
+from dgml_tf.run_dir import CONFIG, SUMMARY_JSON, SUMMARY_MD
 
 
 def build_summary(config: Mapping[str, Any], test: Mapping[str, Any],
@@ -63,7 +60,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def write_summary(output_dir: str, summary: Mapping[str, Any],
-                  json_name: str = SUMMARY_JSON, table_name: str = SUMMARY_TABLE) -> str:
+                  json_name: str = SUMMARY_JSON, table_name: str = SUMMARY_MD) -> str:
     """Writes ``summary.json`` and ``summary.md`` atomically; returns the markdown text."""
     text = format_summary(summary)
     write_json_atomically(os.path.join(output_dir, json_name), dict(summary))
@@ -73,6 +70,6 @@ def write_summary(output_dir: str, summary: Mapping[str, Any],
 
 def write_config(output_dir: str, config: Mapping[str, Any]) -> str:
     """Writes every flag value to ``config.json``; returns its path."""
-    path = os.path.join(output_dir, CONFIG_JSON)
+    path = os.path.join(output_dir, CONFIG)
     write_json_atomically(path, dict(config))
     return path

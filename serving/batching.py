@@ -78,7 +78,7 @@ class BatchingParameters:
         """
         from google.protobuf import text_format
 
-        from dgml_tf.exporting.serving_protos import batching_parameters_class
+        from dgml_tf.export.serving_protos import batching_parameters_class
 
         try:
             message = text_format.Parse(Path(path).read_text(), batching_parameters_class()())

@@ -6,8 +6,8 @@ Library:
     Neighbour(rank=1, id='test/17', label=3, path='...', score=0.93)
 
 Command line:
-    python -m serving.client --url http://127.0.0.1:8501 --model dgml_retrieval q1.jpg q2.png
-    python -m serving.client --grpc 127.0.0.1:8500 --model dgml_retrieval q1.jpg   # gRPC
+    python -m serving.client --url http://127.0.0.1:8501 --model_name dgml_retrieval q1.jpg q2.png
+    python -m serving.client --grpc 127.0.0.1:8500 --model_name dgml_retrieval q1.jpg   # gRPC
 
 The REST client is stdlib only; :class:`GrpcRetrievalClient` (``--grpc``) needs grpcio and
 tensorflow-serving-api.
@@ -15,7 +15,6 @@ tensorflow-serving-api.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import json
@@ -245,10 +244,11 @@ def _b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(bytes(data)).decode("ascii")}
 
 
-def format_table(paths: Sequence[str], results: Sequence[Sequence[Neighbour]]) -> str:
-    """Neighbours as a plain-text table, one block per query."""
+def format_neighbours(paths: Sequence[str], results: Sequence[Sequence[Neighbour]]) -> str:
+    """Neighbours as a plain-text table, one block per query (not an evaluation table:
+    ``dgml_tf.evaluate.format_table`` formats metrics; this client needs only the stdlib)."""
     lines = []
-    for query, neighbours in zip(paths, results):
+    for query, neighbours in zip(paths, results, strict=False):
         lines.append(f"query: {query}")
         lines.append(f"  {'rank':>4}  {'score':>8}  {'label':>6}  {'id':<24} path")
         for n in neighbours:
@@ -256,21 +256,54 @@ def format_table(paths: Sequence[str], results: Sequence[Sequence[Neighbour]]) -
     return "\n".join(lines)
 
 
+_CLI_DOC = """python -m serving.client [flags] IMAGE...: query the retrieval service with images.
+
+Example:
+    python -m serving.client --url http://127.0.0.1:8501 --model_name dgml_retrieval q1.jpg
+    python -m serving.client --grpc 127.0.0.1:8500 q1.jpg   # gRPC
+"""
+
+
+def define_flags(values) -> None:
+    """The client command's flags (in the FlagValues ``values``)."""
+    from absl import flags as absl_flags
+
+    from dgml_tf.flag_parsing import define_alias
+
+    absl_flags.DEFINE_string("url", "http://127.0.0.1:8501", "REST address of the service.",
+                             flag_values=values)
+    absl_flags.DEFINE_string("grpc", None, "Use TF Serving's gRPC API at HOST:PORT (e.g. "
+                             "127.0.0.1:8500) instead of REST; needs tensorflow-serving-api.",
+                             flag_values=values)
+    absl_flags.DEFINE_string("model_name", "dgml_retrieval", "Served model to query.",
+                             flag_values=values)
+    define_alias("model", "model_name", values)  # the old spelling, accepted for one release
+    absl_flags.DEFINE_integer("k", 5, "Neighbours per query.", flag_values=values)
+    absl_flags.DEFINE_integer("group", None, "Search one group (aspect) only.",
+                              flag_values=values)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.client",
-                                     description="Query the retrieval service with image files.")
-    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
-    parser.add_argument("--url", default="http://127.0.0.1:8501")
-    parser.add_argument("--grpc", metavar="HOST:PORT", default=None,
-                        help="use TF Serving's gRPC API at HOST:PORT (e.g. 127.0.0.1:8500) "
-                        "instead of REST; needs tensorflow-serving-api")
-    parser.add_argument("--model", default="dgml_retrieval")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--group", type=int, default=None, help="search one group (aspect) only")
-    args = parser.parse_args(argv)
+    """``python -m serving.client [flags] IMAGE...``: prints each image's neighbours.
+
+    Args:
+        argv: flags and image files, without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        0, 1 when the service refused or could not be reached, 2 for unreadable input.
+    """
+    from dgml_tf.flag_parsing import parse_flags
+
+    remaining, args = parse_flags(["serving.client", *(sys.argv[1:] if argv is None else argv)],
+                                  define_flags, _CLI_DOC)
+    images = remaining[1:]
+    if not images:
+        print("serving.client: pass one or more image files (JPEG, PNG, GIF, BMP); --help lists "
+              "the flags.", file=sys.stderr)
+        return 2
     try:
         payloads = []
-        for path in args.images:
+        for path in images:
             with open(path, "rb") as handle:
                 payloads.append(handle.read())
     except OSError as error:
@@ -278,14 +311,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         if args.grpc:
-            client = GrpcRetrievalClient(args.grpc, args.model)
+            client = GrpcRetrievalClient(args.grpc, args.model_name)
         else:
-            client = RetrievalClient(args.url, args.model)
+            client = RetrievalClient(args.url, args.model_name)
         results = client.neighbours(payloads, k=args.k, group=args.group)
     except ServingClientError as error:
         print(f"serving.client: {error}", file=sys.stderr)
         return 1
-    print(format_table(args.images, results))
+    print(format_neighbours(images, results))
     return 0
 
 

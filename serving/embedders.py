@@ -16,11 +16,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dgml_tf.export import output_names as names
 from serving.errors import ServingError
 from serving.saved_model_servable import SavedModelServable
 from serving.signature_defs import signature_def_map_from_json
 
-IMAGE_SIGNATURE = "serving_default"
 _CODE_BY_HTTP_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
                         429: "RESOURCE_EXHAUSTED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
                         504: "DEADLINE_EXCEEDED"}
@@ -42,11 +42,11 @@ class Embedder(abc.ABC):
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.image_signature.outputs["embedding"].tensor_shape.dim[-1].size)
+        return int(self.image_signature.outputs[names.EMBEDDING].tensor_shape.dim[-1].size)
 
     @property
     def has_attention(self) -> bool:
-        return "attention" in self.image_signature.outputs
+        return names.ATTENTION in self.image_signature.outputs
 
 
 class LocalEmbedder(Embedder):
@@ -62,10 +62,10 @@ class LocalEmbedder(Embedder):
 
     @property
     def image_signature(self):
-        return self.servable.signature(IMAGE_SIGNATURE)
+        return self.servable.signature(names.SERVING_SIGNATURE)
 
     def embed_images(self, image_bytes: np.ndarray) -> dict[str, np.ndarray]:
-        return self.servable.run(IMAGE_SIGNATURE, {"image_bytes": image_bytes}, {})
+        return self.servable.run(names.SERVING_SIGNATURE, {names.IMAGE_BYTES_INPUT: image_bytes}, {})
 
 
 class RemoteEmbedder(Embedder):
@@ -85,15 +85,15 @@ class RemoteEmbedder(Embedder):
         metadata = self._call("GET", self.model_url + "/metadata")
         self.version = int(metadata["model_spec"]["version"])
         self._signatures = signature_def_map_from_json(metadata["metadata"]["signature_def"])
-        if IMAGE_SIGNATURE not in self._signatures:
+        if names.SERVING_SIGNATURE not in self._signatures:
             raise ValueError(
-                f"The embedder at {self.model_url} has no '{IMAGE_SIGNATURE}' signature; point "
-                "--embedder_url at a model exported by dgml_tf.export.export_for_serving."
+                f"The embedder at {self.model_url} has no '{names.SERVING_SIGNATURE}' signature; "
+                "point --embedder_url at a model exported by dgml_tf.export.export_for_serving."
             )
 
     @property
     def image_signature(self):
-        return self._signatures[IMAGE_SIGNATURE]
+        return self._signatures[names.SERVING_SIGNATURE]
 
     def embed_images(self, image_bytes: np.ndarray) -> dict[str, np.ndarray]:
         instances = [{"b64": base64.b64encode(bytes(b)).decode("ascii")} for b in image_bytes]
@@ -101,7 +101,7 @@ class RemoteEmbedder(Embedder):
         answer = self._call("POST", self.model_url + ":predict", body)
         rows = answer["predictions"]
         if rows and not isinstance(rows[0], dict):  # a single-output model answers bare values
-            rows = [{"embedding": row} for row in rows]
+            rows = [{names.EMBEDDING: row} for row in rows]
         return {key: np.asarray([row[key] for row in rows], dtype=np.float32) for key in rows[0]}
 
     def _call(self, method: str, url: str, body: bytes | None = None) -> Mapping[str, Any]:

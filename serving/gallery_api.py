@@ -2,7 +2,7 @@
 
 Why a separate concept: TF Serving's contract has no way to fetch a neighbour's image, yet a
 person judging a match needs to see it. Images come from the index itself when it was built
-with ``--store_images`` (:mod:`dgml_tf.indexing.image_store`; works for in-memory datasets such
+with ``--store_images`` (:mod:`dgml_tf.index.image_store`; works for in-memory datasets such
 as Fashion-MNIST), else from the files whose paths the index recorded, and then only when it was
 built with ``--expose_paths`` (the index's explicit permission to reveal its gallery's files).
 Other indexes have listings without images, with the reason, and the page says so.

@@ -49,12 +49,12 @@ import grpc
 import numpy as np
 
 from serving.errors import ServingError, invalid_argument, public_error
+from serving.metrics import ACCESS_LOG
 from serving.retrieval_servable import OPTIONS as RETRIEVAL_OPTIONS, RetrievalServable
 from serving.signature_defs import input_specs
 from serving.tensor_json import DEFAULT_SIGNATURE, InputSpec
 
 LOG = logging.getLogger("serving")
-ACCESS_LOG = logging.getLogger("serving.access")
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the REST body limit's default
 DEFAULT_WORKERS = 8
@@ -134,7 +134,7 @@ def tensor_to_array(proto, name: str = "input", max_bytes: int = DEFAULT_MAX_MES
     if any(size < 0 for size in shape):
         raise invalid_argument(f"Input '{name}': negative dimension in shape {list(shape)}.")
     count = math.prod(shape)
-    if dtype != object:
+    if dtype != object:  # noqa: E721 (np.dtype == object)
         if count * dtype.itemsize > max_bytes:
             raise ServingError("RESOURCE_EXHAUSTED", f"Input '{name}': shape {list(shape)} needs "
                                f"{count * dtype.itemsize} bytes, over the limit of {max_bytes}.")
@@ -147,9 +147,9 @@ def tensor_to_array(proto, name: str = "input", max_bytes: int = DEFAULT_MAX_MES
                 dtype).reshape(shape)
     values = getattr(proto, field)
     if len(values) == count:
-        array = np.asarray(list(values), dtype=dtype) if dtype == object else np.asarray(values, dtype)
+        array = np.asarray(list(values), dtype=dtype) if dtype == object else np.asarray(values, dtype)  # noqa: E721 (np.dtype == object)
         return array.reshape(shape)
-    if len(values) == 1 and dtype != object:  # TensorFlow's fill-from-last-value rule
+    if len(values) == 1 and dtype != object:  # noqa: E721 (TensorFlow's fill-from-last-value rule)
         return np.full(shape, values[0], dtype=dtype)
     raise invalid_argument(f"Input '{name}': {len(values)} values in {field} but shape "
                            f"{list(shape)} has {count} elements.")
@@ -167,7 +167,7 @@ def array_to_tensor(array: np.ndarray):
         proto.string_val.extend(v.encode("utf-8") if isinstance(v, str) else bytes(v)
                                 for v in array.reshape(-1).tolist())
         return proto
-    by_dtype = {np.dtype(d): t for t, (d, _) in _dtype_table().items() if d != object}
+    by_dtype = {np.dtype(d): t for t, (d, _) in _dtype_table().items() if d != object}  # noqa: E721 (np.dtype == object)
     if array.dtype not in by_dtype:
         raise ServingError("INTERNAL", f"output dtype {array.dtype} has no TensorProto mapping")
     proto.dtype = by_dtype[array.dtype]
@@ -182,7 +182,7 @@ def _check_input(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
         raise invalid_argument(f"Input '{name}': expects {want} but {got} is provided.")
     if spec.shape is not None:
         if array.ndim != len(spec.shape) or any(
-                w is not None and g != w for g, w in zip(array.shape, spec.shape)):
+                w is not None and g != w for g, w in zip(array.shape, spec.shape, strict=False)):
             wanted = "[" + ", ".join("-1" if d is None else str(d) for d in spec.shape) + "]"
             raise invalid_argument(f"Input '{name}' has shape {list(array.shape)} but the signature "
                                    f"expects {wanted}.")
@@ -269,7 +269,7 @@ def make_servicers(backend, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
             return handler.call("Predict", context, lambda rid: _predict(handler, request, rid, context))
 
         def GetModelMetadata(self, request, context):  # noqa: N802
-            return handler.call("GetModelMetadata", context, lambda rid: _metadata(handler, request))
+            return handler.call("GetModelMetadata", context, lambda rid: _model_metadata(handler, request))
 
         def Classify(self, request, context):  # noqa: N802
             return handler.call("Classify", context, lambda rid: _unimplemented("Classify"))
@@ -338,7 +338,7 @@ def _predict(handler: _Handler, request, request_id: str, context):
     return response
 
 
-def _metadata(handler: _Handler, request):
+def _model_metadata(handler: _Handler, request):
     apis = _apis()
     servable = _resolve(handler, request.model_spec)
     fields = list(request.metadata_field)

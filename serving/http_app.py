@@ -48,12 +48,11 @@ from serving.core import ServingCore
 from serving.errors import ServingError, invalid_argument, public_error
 from serving.gallery_api import gallery_route
 from serving.limits import parse_json_body
-from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.metrics import ACCESS_LOG, CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.model_registry import describe
 from serving.tensor_json import DEFAULT_SIGNATURE, dumps, encode_outputs, predict_request_from_doc
 
 LOG = logging.getLogger("serving")
-ACCESS_LOG = logging.getLogger("serving.access")
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 METRICS_PATH = "/monitoring/prometheus/metrics"

@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+# The served-image pixel limit is the export's (its serving_default checks the same number).
+from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from serving.errors import invalid_argument
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH = 64
 DEFAULT_MAX_INSTANCES = 256
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 # A JSON string: a quote, then runs of ordinary characters or escapes, then a quote ("unrolled"
 # so the regex engine never backtracks or recurses).

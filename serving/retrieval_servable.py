@@ -32,14 +32,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dgml_tf.indexing import l2_normalize
+from dgml_tf.export import output_names as names
+from dgml_tf.distances import l2_normalize_np
 from serving.embedders import Embedder
 from serving.errors import failed_precondition, invalid_argument
 from serving.servable import Servable
 from serving.signature_defs import make_signature_def, tensor_info
 
-IMAGE_SIGNATURE = "serving_default"
-EMBEDDING_SIGNATURE = "search_embedding"
 DEFAULT_K = 5
 MAX_K = 10_000
 MAX_RESULTS = 250_000
@@ -52,7 +51,7 @@ class RetrievalServable(Servable):
     Args:
         name: the model name (``<embedder name>_retrieval`` by default in the server).
         embedder: where query embeddings come from; its version is this servable's version.
-        index: a ``dgml_tf.indexing.RetrievalIndex`` built from the same embedder version.
+        index: a ``dgml_tf.index.RetrievalIndex`` built from the same embedder version.
         max_k: the largest k served (above the gallery size, k is capped at it first).
         max_results: the most neighbours (queries x k) one request may ask for.
 
@@ -89,26 +88,28 @@ class RetrievalServable(Servable):
 
     def _describe(self) -> dict:
         neighbours = {
-            "ids": tensor_info("ids", "DT_STRING", [-1, -1]),
-            "labels": tensor_info("labels", "DT_INT64", [-1, -1]),
-            "paths": tensor_info("paths", "DT_STRING", [-1, -1]),
-            "scores": tensor_info("scores", "DT_FLOAT", [-1, -1]),
+            names.IDS: tensor_info(names.IDS, "DT_STRING", [-1, -1]),
+            names.LABELS: tensor_info(names.LABELS, "DT_INT64", [-1, -1]),
+            names.PATHS: tensor_info(names.PATHS, "DT_STRING", [-1, -1]),
+            names.SCORES: tensor_info(names.SCORES, "DT_FLOAT", [-1, -1]),
             # Per-group cosine of query and neighbour: which aspect made each match.
-            "group_scores": tensor_info("group_scores", "DT_FLOAT",
+            names.GROUP_SCORES: tensor_info(names.GROUP_SCORES, "DT_FLOAT",
                                         [-1, -1, int(self.index.num_groups)]),
         }
         image_outputs = dict(neighbours)
         if self.embedder.has_attention:
-            attention = self.embedder.image_signature.outputs["attention"]
-            image_outputs["attention"] = tensor_info(
-                "attention", "DT_FLOAT", [d.size for d in attention.tensor_shape.dim]
+            attention = self.embedder.image_signature.outputs[names.ATTENTION]
+            image_outputs[names.ATTENTION] = tensor_info(
+                names.ATTENTION, "DT_FLOAT", [d.size for d in attention.tensor_shape.dim]
             )
         return {
-            IMAGE_SIGNATURE: make_signature_def(
-                {"image_bytes": tensor_info("image_bytes", "DT_STRING", [-1])}, image_outputs
+            names.SERVING_SIGNATURE: make_signature_def(
+                {names.IMAGE_BYTES_INPUT: tensor_info(names.IMAGE_BYTES_INPUT, "DT_STRING", [-1])},
+                image_outputs,
             ),
-            EMBEDDING_SIGNATURE: make_signature_def(
-                {"embedding": tensor_info("embedding", "DT_FLOAT", [-1, self.embedder.embedding_dim])},
+            names.SEARCH_SIGNATURE: make_signature_def(
+                {names.EMBEDDING_INPUT: tensor_info(names.EMBEDDING_INPUT, "DT_FLOAT",
+                                                    [-1, self.embedder.embedding_dim])},
                 neighbours,
             ),
         }
@@ -116,43 +117,43 @@ class RetrievalServable(Servable):
     def run(self, signature_name, inputs, options) -> dict[str, np.ndarray]:
         k, group, return_attention = self._options(options)
         attention = None
-        if signature_name == IMAGE_SIGNATURE:
+        if signature_name == names.SERVING_SIGNATURE:
             if return_attention and not self.embedder.has_attention:
                 raise failed_precondition(
                     "return_attention: this embedder has a baseline head without attention maps."
                 )
-            self._check_result_size(len(inputs["image_bytes"]), k)
-            embedded = self.embedder.embed_images(inputs["image_bytes"])
-            queries = embedded["embedding"]
-            attention = embedded.get("attention") if return_attention else None
+            self._check_result_size(len(inputs[names.IMAGE_BYTES_INPUT]), k)
+            embedded = self.embedder.embed_images(inputs[names.IMAGE_BYTES_INPUT])
+            queries = embedded[names.EMBEDDING]
+            attention = embedded.get(names.ATTENTION) if return_attention else None
         else:
             if return_attention:
                 raise invalid_argument(
                     "return_attention needs image queries (signature 'serving_default' with "
                     "'image_bytes'); an embedding query has no attention maps."
                 )
-            queries = np.asarray(inputs["embedding"], np.float32)
+            queries = np.asarray(inputs[names.EMBEDDING_INPUT], np.float32)
             self._check_result_size(len(queries), k)
             if not np.all(np.isfinite(queries)):
                 raise invalid_argument("'embedding' holds NaN or Infinity; send finite floats.")
         indices, scores = self.index.search(np.asarray(queries, np.float32), k, group=group)
         indices = np.asarray(indices, dtype=np.int64)
         outputs = {
-            "ids": self._ids[indices],
-            "labels": self._labels[indices],
-            "paths": self._paths[indices],
-            "scores": np.asarray(scores, dtype=np.float32),
-            "group_scores": self._group_scores(np.asarray(queries, np.float32), indices),
+            names.IDS: self._ids[indices],
+            names.LABELS: self._labels[indices],
+            names.PATHS: self._paths[indices],
+            names.SCORES: np.asarray(scores, dtype=np.float32),
+            names.GROUP_SCORES: self._group_scores(np.asarray(queries, np.float32), indices),
         }
         if attention is not None:
-            outputs["attention"] = np.asarray(attention, dtype=np.float32)
+            outputs[names.ATTENTION] = np.asarray(attention, dtype=np.float32)
         return outputs
 
     def _group_scores(self, queries: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """(Q, k, K) cosine of each query group slice with the same slice of each neighbour."""
         groups, dim = int(self.index.num_groups), int(self.index.group_dim)
-        query_groups = l2_normalize(queries.reshape(len(queries), groups, dim))
-        neighbour_groups = l2_normalize(
+        query_groups = l2_normalize_np(queries.reshape(len(queries), groups, dim))
+        neighbour_groups = l2_normalize_np(
             np.asarray(self.index.embeddings, np.float32)[indices].reshape(*indices.shape, groups, dim))
         cosines = np.einsum("qgd,qkgd->qkg", query_groups, neighbour_groups)
         return np.clip(cosines, -1.0, 1.0).astype(np.float32)  # rounding can pass 1 by 1e-7

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dgml_tf.export.tf_serving_layout import SAVED_MODEL_FILE
 from serving.errors import from_tf_error
 from serving.servable import Servable
 from serving.signature_defs import read_signature_defs
@@ -31,7 +32,7 @@ class SavedModelServable(Servable):
         super().__init__(name, version)
         self.path = Path(path)
         # Lets a reload tell an unchanged version (reused) from one re-exported in place.
-        self.source_mtime_ns = (self.path / "saved_model.pb").stat().st_mtime_ns
+        self.source_mtime_ns = (self.path / SAVED_MODEL_FILE).stat().st_mtime_ns
         self._signature_defs = read_signature_defs(self.path)
         self._loaded = tf.saved_model.load(str(self.path))
         self._functions = dict(self._loaded.signatures)

@@ -16,9 +16,9 @@ The line ``serving ... on http://HOST:PORT (ready)`` is logged once the port acc
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -29,14 +29,16 @@ import time
 from typing import Callable, Optional, Sequence
 
 import uvicorn
+from absl import flags as absl_flags
 
+from dgml_tf.flag_parsing import define_alias, parse_flags
 from serving.batching import BatchingParameters
 from serving.core import CoreConfig, ServingCore
 from serving.grpc_api import DEFAULT_GRPC_PORT, start_grpc_server
 from serving.http_app import EXPLORER_DIR, HttpConfig, RestApp, protocol_class
 from serving.limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INSTANCES,
                             DEFAULT_MAX_JSON_DEPTH, Limits)
-from serving.model_config import ModelConfig, parse_model_config_file
+from dgml_tf.export.tf_serving_layout import ModelConfig, parse_model_config_file
 from serving.model_registry import ModelRegistry, describe
 from serving.state_loader import ServingStateLoader
 
@@ -45,85 +47,71 @@ ADMIN_TOKEN_ENV = "DGML_SERVING_ADMIN_TOKEN"
 _DEFAULT_BATCHING = BatchingParameters()
 
 
-def _flag_bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def define_flags(values: absl_flags.FlagValues) -> None:
+    """The server's flags (TF Serving's names where it has one) in the FlagValues ``values``."""
+    define_string = functools.partial(absl_flags.DEFINE_string, flag_values=values)
+    define_integer = functools.partial(absl_flags.DEFINE_integer, flag_values=values)
+    define_float = functools.partial(absl_flags.DEFINE_float, flag_values=values)
+    # models
+    define_string("model_name", None, "Embedder model name (URLs use /v1/models/<name>).")
+    define_string("model_base_path", None, "Directory holding <version>/saved_model.pb.")
+    define_string("model_config_file", None, "TF Serving model_config_list text proto (version "
+                  "policies and labels); replaces --model_name/--model_base_path.")
+    define_string("index_dir", None, "dgml_tf.index index directory; enables the retrieval "
+                  "model.")
+    define_string("retrieval_model_name", None, "Default: <model_name>_retrieval.")
+    define_string("embedder_url", None, "Take embeddings from this TF Serving model URL "
+                  "(http://host:8501/v1/models/<name>) instead of loading the SavedModel.")
+    define_float("file_system_poll_wait_seconds", 0.0, "Poll the base paths and the index for "
+                 "changes every N s (0: off).")
+    define_string("admin_token", None, "Enables POST /v1/admin/reload with 'Authorization: "
+                  f"Bearer <token>' (default: ${ADMIN_TOKEN_ENV}; unset: the endpoint answers "
+                  "403).")
+    # HTTP
+    define_string("host", "127.0.0.1", "Address to listen on.")
+    define_integer("port", 8501, "REST port (0: pick a free one; the ready line names it).")
+    define_alias("rest_api_port", "port", values, deprecated=False)  # TF Serving's name
+    define_integer("grpc_port", None, "TF Serving's gRPC API (serving.grpc_api) on this port; 0 "
+                   f"picks a free one, -1 turns gRPC off. Default {DEFAULT_GRPC_PORT}, skipped "
+                   "with a warning when taken (an explicit port that is taken stops the start).")
+    define_integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, "Larger request bodies get 413 "
+                   "(default 16 MiB).")
+    define_integer("max_connections", 1000, "Open connections beyond this get a 503 at once.")
+    define_float("header_timeout_seconds", 10.0, "Request line + headers must arrive within "
+                 "this.")
+    define_float("body_timeout_seconds", 30.0, "The whole body must arrive within this (else "
+                 "408).")
+    define_float("keep_alive_timeout_seconds", 5.0, "Idle keep-alive connections are closed "
+                 "after this.")
+    define_float("graceful_shutdown_timeout", 30.0, "On SIGTERM, in-flight requests get this "
+                 "long to finish.")
+    # limits
+    define_integer("max_json_depth", DEFAULT_MAX_JSON_DEPTH, "Deepest JSON nesting accepted.")
+    define_integer("max_instances", DEFAULT_MAX_INSTANCES, "Most rows (images) per request.")
+    define_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "Most pixels per image, read "
+                   "from its header (default 4096*4096).")
+    define_integer("max_request_pixels", None, "Most pixels summed over one request or merged "
+                   "batch (default 4 * --max_image_pixels).")
+    define_integer("max_concurrent_requests", 256, "Predict calls admitted at once (queued + "
+                   "running); more get 503.")
+    # batching (TF Serving's batching_parameters)
+    absl_flags.DEFINE_bool("enable_batching", True, "Merge concurrent requests into one model "
+                           "call (--noenable_batching or --enable_batching=false: off).",
+                           flag_values=values)
+    define_string("batching_parameters_file", None, "TF Serving BatchingParameters text proto; "
+                  "--max_batch_size, --batch_timeout_micros, --max_enqueued_batches and "
+                  "--num_batch_threads override it.")
+    define_integer("max_batch_size", None, f"Default {_DEFAULT_BATCHING.max_batch_size}.")
+    define_integer("batch_timeout_micros", None,
+                   f"Default {_DEFAULT_BATCHING.batch_timeout_micros}.")
+    define_integer("max_enqueued_batches", None,
+                   f"Default {_DEFAULT_BATCHING.max_enqueued_batches}.")
+    define_integer("num_batch_threads", None, "Model threads (default: the CPU count, at least "
+                   "2).")
+    define_string("log_level", "INFO", "Python logging level of the server's log.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = parser.add_argument_group("models")
-    models.add_argument("--model_name", help="embedder model name (URLs use /v1/models/<name>)")
-    models.add_argument("--model_base_path", help="directory holding <version>/saved_model.pb")
-    models.add_argument("--model_config_file", help="TF Serving model_config_list text proto "
-                        "(version policies and labels); replaces --model_name/--model_base_path")
-    models.add_argument("--index_dir", help="dgml_tf.indexing index directory; enables the "
-                        "retrieval model")
-    models.add_argument("--retrieval_model_name", help="default: <model_name>_retrieval")
-    models.add_argument("--embedder_url", help="take embeddings from this TF Serving model URL "
-                        "(http://host:8501/v1/models/<name>) instead of loading the SavedModel")
-    models.add_argument("--file_system_poll_wait_seconds", type=float, default=0.0,
-                        help="poll the base paths and the index for changes every N s (0: off)")
-    models.add_argument("--admin_token", default=None,
-                        help=f"enables POST /v1/admin/reload with 'Authorization: Bearer <token>' "
-                        f"(default: ${ADMIN_TOKEN_ENV}; unset: the endpoint answers 403)")
-
-    net = parser.add_argument_group("HTTP")
-    net.add_argument("--host", default="127.0.0.1")
-    net.add_argument("--port", "--rest_api_port", dest="port", type=int, default=8501,
-                     help="REST port (0: pick a free one; the ready line names it)")
-    net.add_argument("--grpc_port", type=int, default=None,
-                     help=f"TF Serving's gRPC API (serving.grpc_api) on this port; 0 picks a free "
-                     f"one, -1 turns gRPC off. Default {DEFAULT_GRPC_PORT}, skipped with a warning "
-                     "when taken (an explicit port that is taken stops the start)")
-    net.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                     help="larger request bodies get 413 (default 16 MiB)")
-    net.add_argument("--max_connections", type=int, default=1000,
-                     help="open connections beyond this get a 503 at once")
-    net.add_argument("--header_timeout_seconds", type=float, default=10.0,
-                     help="request line + headers must arrive within this")
-    net.add_argument("--body_timeout_seconds", type=float, default=30.0,
-                     help="the whole body must arrive within this (else 408)")
-    net.add_argument("--keep_alive_timeout_seconds", type=float, default=5.0,
-                     help="idle keep-alive connections are closed after this")
-    net.add_argument("--graceful_shutdown_timeout", type=float, default=30.0,
-                     help="on SIGTERM, in-flight requests get this long to finish")
-
-    limits = parser.add_argument_group("limits")
-    limits.add_argument("--max_json_depth", type=int, default=DEFAULT_MAX_JSON_DEPTH)
-    limits.add_argument("--max_instances", type=int, default=DEFAULT_MAX_INSTANCES,
-                        help="most rows (images) per request")
-    limits.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                        help="most pixels per image, read from its header (default 4096*4096)")
-    limits.add_argument("--max_request_pixels", type=int, default=None,
-                        help="most pixels summed over one request or merged batch "
-                        "(default 4 * --max_image_pixels)")
-    limits.add_argument("--max_concurrent_requests", type=int, default=256,
-                        help="predict calls admitted at once (queued + running); more get 503")
-
-    batching = parser.add_argument_group("batching (TF Serving's batching_parameters)")
-    batching.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True, default=True,
-                          help="merge concurrent requests into one model call (default true)")
-    batching.add_argument("--batching_parameters_file",
-                          help="TF Serving BatchingParameters text proto; flags below override it")
-    batching.add_argument("--max_batch_size", type=int, default=None,
-                          help=f"default {_DEFAULT_BATCHING.max_batch_size}")
-    batching.add_argument("--batch_timeout_micros", type=int, default=None,
-                          help=f"default {_DEFAULT_BATCHING.batch_timeout_micros}")
-    batching.add_argument("--max_enqueued_batches", type=int, default=None,
-                          help=f"default {_DEFAULT_BATCHING.max_enqueued_batches}")
-    batching.add_argument("--num_batch_threads", type=int, default=None,
-                          help="model threads (default: the CPU count, at least 2)")
-    parser.add_argument("--log_level", default="INFO")
-    return parser
-
-
-def loader_from_args(args: argparse.Namespace) -> ServingStateLoader:
+def loader_from_args(args: absl_flags.FlagValues) -> ServingStateLoader:
     """Turns parsed flags into a :class:`ServingStateLoader`, with clear errors for bad mixes."""
     if args.model_config_file:
         configs = parse_model_config_file(args.model_config_file)
@@ -148,7 +136,7 @@ def loader_from_args(args: argparse.Namespace) -> ServingStateLoader:
     )
 
 
-def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
+def core_config_from_args(args: absl_flags.FlagValues) -> CoreConfig:
     """Limits, batching and admission from the flags (flags override the batching file)."""
     defaults = {"num_batch_threads": max(2, os.cpu_count() or 2)}
     if args.batching_parameters_file:
@@ -223,7 +211,7 @@ def _poll(core: ServingCore, every: float, stop: threading.Event) -> None:
         _reload_logged(core)
 
 
-def _start_grpc(args: argparse.Namespace, core: ServingCore):
+def _start_grpc(args: absl_flags.FlagValues, core: ServingCore):
     """The gRPC server on ``--grpc_port`` (None when off or when the default port is taken)."""
     if args.grpc_port is not None and args.grpc_port < 0:
         return None
@@ -244,7 +232,17 @@ def _start_grpc(args: argparse.Namespace, core: ServingCore):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs the server until SIGTERM/SIGINT; the exit code (2: it could not start).
+
+    Args:
+        argv: the flags, without the program name (``sys.argv[1:]`` when None).
+    """
+    remaining, args = parse_flags(["serving.server", *(sys.argv[1:] if argv is None else argv)],
+                                  define_flags, __doc__)
+    if len(remaining) > 1:
+        print(f"serving.server: unexpected arguments {remaining[1:]}; every setting is a "
+              "--flag (--help lists them).", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

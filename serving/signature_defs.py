@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from google.protobuf import json_format
 
+from dgml_tf.export.tf_serving_layout import SAVED_MODEL_FILE
 from serving.tensor_json import InputSpec
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -24,7 +25,7 @@ def read_signature_defs(saved_model_dir: str | Path) -> dict:
     ``__saved_model_init_op`` included)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    path = Path(saved_model_dir) / "saved_model.pb"
+    path = Path(saved_model_dir) / SAVED_MODEL_FILE
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString(path.read_bytes())
     if not saved_model.meta_graphs:

@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from dgml_tf.indexing import IndexModelMismatchError
-from dgml_tf.indexing.publish import current_version_dir
+from dgml_tf.export.tf_serving_layout import SAVED_MODEL_FILE, ModelConfig, available_versions
+from dgml_tf.index import IndexModelMismatchError
+from dgml_tf.index.publish import current_version_dir
 from serving.embedders import Embedder, LocalEmbedder, RemoteEmbedder
-from serving.model_config import ModelConfig, available_versions
 from serving.model_registry import ServedModel, ServingState
 from serving.retrieval_servable import RetrievalServable
 from serving.saved_model_servable import SavedModelServable
@@ -33,7 +33,7 @@ class ServingStateLoader:
 
     Args:
         configs: the embedder models to serve (empty when ``embedder_url`` is used alone).
-        index_dir: a ``dgml_tf.indexing`` index directory; None serves embedders only.
+        index_dir: a ``dgml_tf.index`` index directory; None serves embedders only.
         retrieval_for: which model's versions the index belongs to.
         retrieval_name: the retrieval model's name in URLs.
         embedder_url: a TF Serving model URL to take embeddings from instead of a local model.
@@ -61,7 +61,7 @@ class ServingStateLoader:
         remote = RemoteEmbedder(self.embedder_url) if self.embedder_url else None
         selected = {c.name: c.select(available_versions(c.base_path)) for c in self.configs}
         key = (
-            tuple((c.name, tuple((v, _mtime(Path(c.base_path) / str(v) / "saved_model.pb"))
+            tuple((c.name, tuple((v, _mtime(Path(c.base_path) / str(v) / SAVED_MODEL_FILE))
                                  for v in selected[c.name])) for c in self.configs),
             _index_key(self.index_dir) if self.index_dir else None,
             remote.version if remote else None,
@@ -81,7 +81,8 @@ class ServingStateLoader:
             for version in selected[config.name]:
                 path = Path(config.base_path) / str(version)
                 old = reusable.get((config.name, version))
-                if old is not None and old.path == path and _mtime(path / "saved_model.pb") == old.source_mtime_ns:
+                if (old is not None and old.path == path
+                        and _mtime(path / SAVED_MODEL_FILE) == old.source_mtime_ns):
                     servables[version] = old
                 else:
                     LOG.info("loading %s version %d from %s", config.name, version, path)
@@ -106,7 +107,7 @@ class ServingStateLoader:
         return ServingState(models, key)
 
     def _pair(self, models: dict, remote: Optional[RemoteEmbedder]) -> tuple[Embedder, object]:
-        from dgml_tf.indexing import load_index
+        from dgml_tf.index import load_index
 
         index = load_index(self.index_dir)
         if remote is not None:
@@ -135,14 +136,14 @@ class ServingStateLoader:
             f"The index at {self.index_dir} was built with embedder fingerprint "
             f"{index.model_fingerprint}, which matches none of the served versions of "
             f"{self.retrieval_for!r} ({', '.join(f'v{v}: {fp}' for v, fp in found.items())}). "
-            "Rebuild the index with a served version (dgml_tf.indexing), or serve the version it "
+            "Rebuild the index with a served version (dgml_tf.index), or serve the version it "
             "was built with."
         )
 
     def _fingerprint(self, path: Path) -> str:
-        from dgml_tf.export import model_fingerprint
+        from dgml_tf.export.fingerprint import model_fingerprint
 
-        key = (str(path), _mtime(path / "saved_model.pb"))
+        key = (str(path), _mtime(path / SAVED_MODEL_FILE))
         if key not in self._fingerprints:
             self._fingerprints[key] = model_fingerprint(path)
         return self._fingerprints[key]

@@ -27,7 +27,7 @@ def class_image(label: int, member: int, size: int = 32) -> np.ndarray:
 
 def synthetic_gallery(labels: Sequence[int], size: int = 32) -> list[bytes]:
     """PNG images, one per entry of ``labels`` (repeated labels give distinct members)."""
-    from dgml_tf.indexing.gallery import encode_png
+    from dgml_tf.index.gallery import encode_png
 
     seen: dict[int, int] = {}
     images = []
@@ -58,22 +58,19 @@ def export_tiny_embedder(base_dir, model_name: str, version: int, seed: int = 0,
                               image_size=(image_size, image_size), resize_size=image_size)
 
 
-def index_gallery(saved_model_dir, images: Sequence[bytes], labels: Sequence[int], index_dir,
-                  backend: str = "scann", expose_paths: bool = True) -> str:
+def index_synthetic_gallery(saved_model_dir, images: Sequence[bytes], labels: Sequence[int], index_dir,
+                            backend: str = "scann", expose_paths: bool = True) -> str:
     """Embeds ``images`` with the exported embedder and publishes an index of them.
 
+    :func:`dgml_tf.index.index_gallery` over an in-memory :class:`~dgml_tf.index.GallerySource`.
     Items get ids ``item/<i>`` and paths ``gallery/<i>.png``; those names are synthetic (no file
     of the server), so they are exposed to clients by default. Returns the index version dir.
     """
-    from dgml_tf.indexing import build_index
-    from dgml_tf.indexing.gallery import SavedModelEmbedder
+    from dgml_tf.index import GallerySource, index_gallery
 
-    embedder = SavedModelEmbedder(saved_model_dir)
-    embeddings = embedder.embed_bytes(list(images))["embedding"]
-    return build_index(
-        index_dir, embeddings, embedder.fingerprint,
-        ids=[f"item/{i}" for i in range(len(images))], labels=list(labels),
-        paths=[f"gallery/{i}.png" for i in range(len(images))],
-        num_groups=int(embedder.metadata["num_groups"]), backend=backend,
-        model_dir=str(saved_model_dir), expose_paths=expose_paths,
-    )
+    images = list(images)
+    source = GallerySource([f"item/{i}" for i in range(len(images))], np.asarray(labels, np.int64),
+                           [f"gallery/{i}.png" for i in range(len(images))], images.__getitem__)
+    # One embedding call for the whole gallery, as queries of the same images get.
+    return index_gallery(saved_model_dir, source, index_dir, backend=backend,
+                         batch_size=max(1, len(images)), progress=False, expose_paths=expose_paths)

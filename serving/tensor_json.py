@@ -21,10 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# TF Serving's default signature is the one every export names serving_default.
+from dgml_tf.export.output_names import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from serving.errors import invalid_argument
 from serving.limits import DEFAULT_MAX_JSON_DEPTH, parse_json_body
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +208,7 @@ def check_shape(name: str, array: np.ndarray, spec: InputSpec) -> None:
                 f"Input '{name}' has rank {array.ndim} (shape {list(array.shape)}) but the signature "
                 f"expects rank {len(spec.shape)} (shape {_shape_text(spec.shape)})."
             )
-        for got, want in zip(array.shape, spec.shape):
+        for got, want in zip(array.shape, spec.shape, strict=False):
             if want is not None and got != want:
                 raise invalid_argument(
                     f"Input '{name}' has shape {list(array.shape)} but the signature expects "

@@ -65,8 +65,8 @@ def main(task_index: int, ports: list, out_path: str) -> None:
     import tensorflow as tf
 
     from dgml_tf.losses import ContrastiveLoss
-    from dgml_tf.training import CustomLoopTrainer, MetricLearningModel
-    from dgml_tf.training.distribute import is_multi_worker, strategy_from_environment
+    from dgml_tf.train import CustomLoopTrainer, MetricLearningModel
+    from dgml_tf.train.distribute import is_multi_worker, strategy_from_environment
 
     strategy = strategy_from_environment()
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), strategy

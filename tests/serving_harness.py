@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+from serving.ports import free_port  # noqa: F401  (the tests take it from here)
+
 REPO = Path(__file__).absolute().parents[1]  # the runfiles tree under Bazel
 _READY = re.compile(r" on (http://[0-9.]+:\d+) \(ready")
 
@@ -121,12 +123,6 @@ class ServerProcess:
             self.stop()
         finally:
             self.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b64(data: bytes) -> dict:

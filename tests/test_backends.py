@@ -147,7 +147,7 @@ except ModuleNotFoundError:
 else:
     raise SystemExit("tensorflow is importable: the check would prove nothing")
 import dgml_tf.layers, dgml_tf.losses, dgml_tf.miners, dgml_tf.models
-from dgml_tf.training import MetricLearningModel, build_grouped_optimizer, step_seed
+from dgml_tf.train import MetricLearningModel, build_grouped_optimizer, step_seed
 from dgml_tf.models import build_embedding_model
 for backbone in ("resnet50", "mobilenet_v2", "small_cnn"):
     model = build_embedding_model(backbone, input_shape=(64, 64, 3), num_groups=2,
@@ -160,7 +160,7 @@ try:
     import tensorflow  # not dgml_tf's import: the usual message
 except ModuleNotFoundError as error:
     assert "pip install" not in str(error)
-for module in ("dgml_tf.exporting.preprocessing", "dgml_tf.training.custom_loop"):
+for module in ("dgml_tf.export.preprocessing", "dgml_tf.train.custom_loop"):
     try:
         __import__(module)
     except ModuleNotFoundError as error:
@@ -169,7 +169,7 @@ for module in ("dgml_tf.exporting.preprocessing", "dgml_tf.training.custom_loop"
     else:
         raise SystemExit(f"{module} imported without tensorflow?")
 try:
-    from dgml_tf.training import CustomLoopTrainer
+    from dgml_tf.train import CustomLoopTrainer
 except ImportError as error:
     assert "pip install tensorflow==2.20.0" in str(error)
 else:
@@ -185,7 +185,7 @@ def test_layers_losses_miners_and_builder_import_without_tensorflow(site_without
 
 
 def _readme_examples() -> dict:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "library.md").read_text(encoding="utf-8")
     section = text.split("## Use it from JAX or PyTorch", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     examples = {}

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgml_tf.indexing import build_index
+from dgml_tf.index import build_index
 from serving import server as server_cli
 from serving.client import RetrievalClient, ServingClientError, main as client_main
-from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving.synthetic_gallery import export_tiny_embedder, index_synthetic_gallery, synthetic_gallery
 from serving_harness import ServerProcess, b64, free_port, read_response, read_until_closed
 
 LABELS = [0, 0, 1, 1, 2, 2]
@@ -28,7 +28,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("client")
     path = export_tiny_embedder(root / "models", "dgml", 1, seed=5)
     images = synthetic_gallery(LABELS)
-    index_gallery(path, images, LABELS, root / "index", backend="scann")
+    index_synthetic_gallery(path, images, LABELS, root / "index", backend="scann")
     loaded = tf.saved_model.load(str(path))
     embeddings = loaded.signatures["serving_default"](image_bytes=tf.constant(images))["embedding"].numpy()
     return {"root": root, "base": root / "models" / "dgml", "images": images, "emb": embeddings}

@@ -22,14 +22,14 @@ from keras import ops
 
 from conftest import shared_mirrored_strategy
 from dgml_tf.losses import ContrastiveLoss, diversity_loss
-from dgml_tf.training import (
+from dgml_tf.train import (
     CustomLoopTrainer,
     GroupConfig,
     MetricLearningModel,
     StepSchedule,
     build_grouped_optimizer,
 )
-from dgml_tf.training.distribute import (
+from dgml_tf.train.distribute import (
     is_multi_worker,
     num_workers_in_tf_config,
     strategy_from_environment,

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from dgml_tf.callbacks import atomic
+from dgml_tf import atomic
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_stale_temporaries_only_dead_writers_and_only_our_pattern(tmp_path):
 # --- index versions ---------------------------------------------------------------------------
 
 def test_index_version_is_fsynced_before_it_becomes_visible(tmp_path, syscalls):
-    from dgml_tf.indexing import publish
+    from dgml_tf.index import publish
 
     with publish.staged_index_version(tmp_path) as staging:
         (staging / "embeddings.npy").write_bytes(b"\1" * 64)
@@ -191,7 +191,7 @@ def test_index_version_is_fsynced_before_it_becomes_visible(tmp_path, syscalls):
 
 
 def test_index_build_start_removes_dead_builds_but_not_a_concurrent_one(tmp_path):
-    from dgml_tf.indexing import publish
+    from dgml_tf.index import publish
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

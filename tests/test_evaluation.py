@@ -1,4 +1,4 @@
-"""Tests of dgml_tf.evaluation against independent brute-force NumPy re-statements.
+"""Tests of dgml_tf.evaluate against independent brute-force NumPy re-statements.
 
 The brute force below builds the full similarity matrix in float64, ranks each row with
 np.lexsort (score descending, then index ascending) and computes every metric with plain loops
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from dgml_tf import evaluation
-from dgml_tf.evaluation import (
+from dgml_tf import evaluate as evaluation
+from dgml_tf.evaluate import (
     average_precision_at_r,
     evaluate_groups,
     evaluate_retrieval,
@@ -228,7 +228,7 @@ def test_cosine_is_scale_invariant_and_euclidean_is_not():
 
 
 def test_score_blocks_never_exceed_chunk_rows(monkeypatch):
-    from dgml_tf.evaluation import neighbours
+    from dgml_tf.evaluate import neighbours
 
     shapes = []
     original = neighbours.similarity_scores

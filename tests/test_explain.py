@@ -16,7 +16,8 @@ from absl import flags as absl_flags
 
 from dgml_tf import explain
 from dgml_tf import flags as dgml_flags
-from dgml_tf.evaluate import limit_per_class
+from dgml_tf.evaluate import limit_per_class, load_run
+from dgml_tf.explain import cli as explain_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_CLASS = 12  # 5 test classes x 12 images: quick, but a real retrieval
@@ -76,7 +77,7 @@ def attentive_run(tmp_path_factory, splits):
 
 def _parse(args):
     values = absl_flags.FlagValues()
-    explain.define_flags(values)
+    explain_cli.define_flags(values)
     values(["explain"] + args)
     return values
 
@@ -88,7 +89,7 @@ def _is_png(path):
 
 def test_split_images_figures_neighbours_and_statistics(attentive_run, splits, tmp_path):
     out = str(tmp_path / "explain")
-    report = explain.explain_from_flags(_parse(
+    report = explain_cli.explain_from_flags(_parse(
         [f"--run_dir={attentive_run}", "--num_images=3", "--num_queries=2", "--top_k=4",
          f"--eval_max_per_class={PER_CLASS}", f"--output_dir={out}"]))
 
@@ -104,13 +105,13 @@ def test_split_images_figures_neighbours_and_statistics(attentive_run, splits, t
     assert len({i["item_id"] for i in report["images"]}) == 3
     assert all(i["item_id"] in ids and 5 <= i["label"] <= 9 for i in report["images"])
     # The choice is fixed by the seed: a second run picks the same images.
-    again = explain.explain_from_flags(_parse(
+    again = explain_cli.explain_from_flags(_parse(
         [f"--run_dir={attentive_run}", "--num_images=3", "--num_queries=0",
          f"--eval_max_per_class={PER_CLASS}", f"--output_dir={tmp_path / 'again'}"]))
     assert again["images"] == report["images"]
 
     # Independent brute-force search over the model's embeddings of the same crops.
-    model, _ = explain.load_run(attentive_run)
+    model, _ = load_run(attentive_run)
     import pipelines
 
     crops = np.concatenate([np.asarray(x) for x, _ in pipelines.make_eval_dataset(
@@ -146,7 +147,7 @@ def test_split_images_figures_neighbours_and_statistics(attentive_run, splits, t
 
 def test_baseline_head_reports_cosine_without_attention(tmp_path, splits):
     run_dir = _make_run(tmp_path, "grouping")
-    report = explain.explain_from_flags(_parse(
+    report = explain_cli.explain_from_flags(_parse(
         [f"--run_dir={run_dir}", "--num_images=2", "--top_k=3", "--eval_max_per_class=6"]))
     assert report["has_attention"] is False
     assert "no attention" in report["message"] and "grouping" in report["message"]
@@ -160,9 +161,9 @@ def test_baseline_head_reports_cosine_without_attention(tmp_path, splits):
 
 def test_bad_inputs_name_the_fix(tmp_path, attentive_run):
     with pytest.raises(ValueError, match="--run_dir"):
-        explain.load_run(None)
+        load_run(None)
     with pytest.raises(ValueError, match="not a directory"):
-        explain.load_run(str(tmp_path / "nope"))
+        load_run(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="no such file"):
         explain.load_image_files([str(tmp_path / "missing.png")], 28, 28)
     with pytest.raises(ValueError, match="num_images"):

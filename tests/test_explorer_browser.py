@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgml_tf.indexing import build_index
-from dgml_tf.indexing.gallery import SavedModelEmbedder
+from dgml_tf.index import build_index
+from dgml_tf.index.gallery import SavedModelEmbedder
 from serving.synthetic_gallery import class_image, export_tiny_embedder, synthetic_gallery
 
 LABELS = [i % 6 for i in range(18)]
@@ -76,7 +76,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("explorer")
     saved_model = export_tiny_embedder(root / "models", "dgml", 1, seed=3)
     images = synthetic_gallery(LABELS, size=64)
-    from dgml_tf.indexing.gallery import encode_png
+    from dgml_tf.index.gallery import encode_png
 
     query = root / "query.png"  # a new member of class 2, not in the gallery
     query.write_bytes(encode_png(class_image(2, 99, 64)))

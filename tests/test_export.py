@@ -19,14 +19,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dgml_tf import export as dgml_export
-from dgml_tf.exporting import output_names as names
-from dgml_tf.exporting.serving_configs import (
-    BATCHING_CONFIG, MODELS_CONFIG, MONITORING_CONFIG, ServedModel, docker_compose_text,
-    model_server_config_text, parse_labels, write_serving_configs,
+import dgml_tf.export as dgml_export
+from dgml_tf.export import output_names as names
+from dgml_tf.export.serving_configs import (
+    BATCHING_CONFIG, MONITORING_CONFIG, docker_compose_text, parse_labels, write_serving_configs,
 )
-from dgml_tf.exporting.serving_protos import batching_parameters_class, monitoring_config_class
-from dgml_tf.exporting.tf_serving_layout import VersionExistsError
+from dgml_tf.export.serving_protos import batching_parameters_class, monitoring_config_class
+from dgml_tf.export.tf_serving_layout import (
+    MODELS_CONFIG, ModelVersions, VersionExistsError, model_server_config_text,
+)
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,12 +281,12 @@ def test_label_policies_and_errors():
     def parse(models):
         return text_format.Parse(model_server_config_text(models), model_server_config_pb2.ModelServerConfig())
 
-    within = parse([ServedModel("a", [1, 2, 3], {"stable": 2, "canary": 3})]).model_config_list.config[0]
+    within = parse([ModelVersions("a", [1, 2, 3], {"stable": 2, "canary": 3})]).model_config_list.config[0]
     assert within.model_version_policy.WhichOneof("policy_choice") == "latest"
-    older = parse([ServedModel("a", [1, 2, 3], {"stable": 1, "canary": 3})]).model_config_list.config[0]
+    older = parse([ModelVersions("a", [1, 2, 3], {"stable": 1, "canary": 3})]).model_config_list.config[0]
     assert list(older.model_version_policy.specific.versions) == [1, 3]
     with pytest.raises(ValueError, match="does not exist"):
-        model_server_config_text([ServedModel("a", [1], {"stable": 7})])
+        model_server_config_text([ModelVersions("a", [1], {"stable": 7})])
     assert parse_labels("stable=3,canary=4") == {"stable": 3, "canary": 4}
     for bad in ("stable", "stable=x", "=3", "stable=0"):
         with pytest.raises(ValueError, match="LABEL=VERSION"):

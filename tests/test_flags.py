@@ -323,3 +323,122 @@ def test_changed_training_flags_names_what_changes_training_only(tmp_path, monke
     assert dgml_flags.changed_training_flags(
         old_run, dgml_flags.training_config_from_args(base + ["--nohflip"])) == [
         "--hflip: True -> False"]
+
+
+# --- one source for names, one spelling per concept, one flag style ----------------------------
+
+def test_importing_the_flags_loads_no_tensorflow():
+    # The name lists come from the registries; each must stay importable without Keras/TF.
+    script = ("import sys\nfrom dgml_tf import flags\n"
+              "print('HEAVY', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_flag_choices_are_the_registries():
+    import pipelines
+    from dgml_tf.losses.registry import LOSSES
+    from dgml_tf.models.backbones import available_backbones
+
+    assert sorted(dgml_flags.DATASETS) == sorted(pipelines.available_datasets())
+    assert sorted(dgml_flags.BACKBONES) == sorted(available_backbones())
+    assert list(dgml_flags.LOSSES) == list(LOSSES)
+    values = absl_flags.FlagValues()
+    dgml_flags.define_model_flags(values)
+    dgml_flags.define_training_flags(values)
+    assert set(values["head"].parser.enum_values) == {"attentive", "grouping", "single"}
+    assert set(values["loss"].parser.enum_values) == set(LOSSES)
+
+
+def test_every_augmentation_choice_resolves_to_crop_ranges():
+    from pipelines.augmentations import resolve_augmentation
+
+    values = absl_flags.FlagValues()
+    dgml_flags.define_training_flags(values)
+    choices = values["augmentation"].parser.enum_values
+    assert set(choices) == {"auto", "crop_flip", "small_shift", "none"}
+    # auto: small shifts for 28 px garments, ImageNet-style 8-100% crops for photos.
+    assert resolve_augmentation("auto", 28)["scale"] == (0.64, 1.0)
+    assert resolve_augmentation("auto", 224)["scale"] == (0.08, 1.0)
+    assert resolve_augmentation("none", 224) is None
+    with pytest.raises(ValueError, match="crop_flip"):
+        resolve_augmentation("rotate", 224)
+
+
+def _aliased(deprecated=True):
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_string("data_dir", None, "Dataset root.", flag_values=values)
+    absl_flags.DEFINE_integer("port", 8501, "Port.", flag_values=values)
+    absl_flags.DEFINE_bool("onnx", False, "ONNX too.", flag_values=values)
+    dgml_flags.define_alias("data_root", "data_dir", values, deprecated=deprecated)
+    dgml_flags.define_alias("rest_api_port", "port", values, deprecated=deprecated)
+    dgml_flags.define_alias("make_onnx", "onnx", values, deprecated=deprecated)
+    return values
+
+
+def test_deprecated_spelling_sets_the_new_flag_and_says_so(capsys):
+    values = _aliased()
+    assert values(["cmd", "--data_root=/d", "--rest_api_port", "9000", "rest"]) == ["cmd", "rest"]
+    assert (values.data_dir, values.port) == ("/d", 9000)
+    err = capsys.readouterr().err
+    assert "--data_root is deprecated, use --data_dir" in err
+    assert "--rest_api_port is deprecated, use --port" in err
+    assert values["data_dir"].present and not values["data_dir"].using_default_value
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--data_dir=/new", "--data_root=/old"], "/old"),  # absl's rule: the last one wins
+    (["--data_root=/old", "--data_dir=/new"], "/new"),
+    (["--data_root", "/spaced"], "/spaced"),
+    ([], None),
+])
+def test_both_spellings_follow_left_to_right_order(argv, expected):
+    values = _aliased()
+    values(["cmd", *argv])
+    assert values.data_dir == expected
+
+
+def test_alias_of_a_boolean_flag_takes_its_forms(capsys):
+    values = _aliased(deprecated=False)
+    values(["cmd", "--make_onnx"])
+    assert values.onnx is True
+    values.unparse_flags()
+    values(["cmd", "--onnx", "--nomake_onnx"])
+    assert values.onnx is False
+    assert capsys.readouterr().err == ""  # not deprecated: no message
+
+
+def test_alias_values_are_checked_by_the_target_flag():
+    values = _aliased()
+    with pytest.raises(absl_flags.IllegalFlagValueError, match="abc"):
+        values(["cmd", "--rest_api_port=abc"])
+
+
+def test_alias_help_names_the_new_spelling():
+    help_text = _aliased().get_help()
+    assert "--data_root: Deprecated spelling of --data_dir." in help_text
+
+
+# Every user-facing command and flags its --help must list.
+COMMAND_FLAGS = {
+    "dgml_tf.train": ("--dataset", "--output_dir", "--lr_beta", "--augmentation"),
+    "dgml_tf.evaluate": ("--run_dir", "--keras_model", "--per_class"),
+    "dgml_tf.explain": ("--run_dir", "--keras_model", "--output_dir"),
+    "dgml_tf.export": ("--run_dir", "--keras_model", "--base_dir"),
+    "dgml_tf.index": ("--saved_model", "--index_dir", "--data_dir"),
+    "dgml_tf.main": ("--output_dir", "--fresh", "--train_args"),
+    "serving.server": ("--model_name", "--model_base_path", "--rest_api_port"),
+    "serving.client": ("--url", "--model_name", "--grpc"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(COMMAND_FLAGS))
+def test_help_exits_zero_and_lists_the_flags(module, tmp_path):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    for flag in COMMAND_FLAGS[module]:
+        assert flag in result.stdout, (module, flag, result.stdout)
+    assert os.listdir(tmp_path) == []  # --help writes nothing

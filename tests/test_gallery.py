@@ -10,9 +10,9 @@ import base64
 import numpy as np
 import pytest
 
-from dgml_tf.indexing import IndexFormatError, build_index, load_index
-from dgml_tf.indexing.gallery import SavedModelEmbedder, gallery_from_folder
-from dgml_tf.indexing.image_store import IMAGES_FILE, OFFSETS_FILE
+from dgml_tf.index import IndexFormatError, build_index, load_index
+from dgml_tf.index.gallery import SavedModelEmbedder, gallery_from_folder
+from dgml_tf.index.image_store import IMAGES_FILE, OFFSETS_FILE
 from serving.embedders import LocalEmbedder
 from serving.errors import ServingError
 from serving.gallery_api import gallery_route

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from dgml_tf.training import (
+from dgml_tf.train import (
     CoupledWeightDecayAdam,
     GroupConfig,
     GroupedOptimizer,

@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.client import GrpcRetrievalClient, RetrievalClient, main as client_main
-from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving.synthetic_gallery import export_tiny_embedder, index_synthetic_gallery, synthetic_gallery
 from serving_harness import ServerProcess, b64, http
 
 LABELS = [0, 0, 1, 1, 2, 2, 3, 3]
@@ -62,7 +62,7 @@ def assets(tmp_path_factory):
         out["emb"][version] = result["embedding"].numpy()
         out["groups"][version] = result["group_embeddings"].numpy()
         out["att"][version] = result["attention"].numpy()
-    index_gallery(base / "dgml" / "2", images, LABELS, root / "index", backend="scann")
+    index_synthetic_gallery(base / "dgml" / "2", images, LABELS, root / "index", backend="scann")
     config = root / "models.config"
     config.write_text(
         "model_config_list { config { name: 'dgml' base_path: '%s' model_platform: 'tensorflow' "

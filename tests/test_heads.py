@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dgml_tf.layers import ConventionalGroupingHead, SingleEmbeddingHead, flatten_groups
+from layer_test_case import run_layer_test
 
 
 def _normalize(v):
@@ -67,3 +68,19 @@ def test_heads_under_mixed_precision():
         out = head(x).numpy().astype("float32")
         assert np.all(np.isfinite(out))
         np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "head_cls, init_kwargs, expected_shape",
+    [
+        (SingleEmbeddingHead, {"embedding_dim": 7}, (3, 1, 7)),
+        (SingleEmbeddingHead, {"embedding_dim": 5, "normalize": False}, (3, 1, 5)),
+        (ConventionalGroupingHead, {"num_groups": 3, "group_dim": 4}, (3, 3, 4)),
+        (ConventionalGroupingHead, {"num_groups": 2, "group_dim": 3, "normalize": False},
+         (3, 2, 3)),
+    ],
+)
+def test_heads_standard_layer_checks(head_cls, init_kwargs, expected_shape):
+    x = np.random.default_rng(4).normal(size=(3, 4, 5, 6)).astype("float32")
+    run_layer_test(head_cls, init_kwargs, x, expected_shape, expected_num_trainable_weights=1,
+                   expected_num_non_trainable_weights=0)

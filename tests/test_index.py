@@ -1,4 +1,4 @@
-"""Tests of dgml_tf.indexing and the dgml_tf.index CLI: exact and ScaNN search, manifests,
+"""Tests of dgml_tf.index and the dgml_tf.index CLI: exact and ScaNN search, manifests,
 fingerprint checks, crash-safe publication, and the retrieval SavedModels.
 
 Reference results come from NumPy (argsort of cosine similarities), never from the index code.
@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from dgml_tf.indexing import (
+from dgml_tf.index import (
     IndexModelMismatchError, build_index, choose_scann_params, load_index,
 )
-from dgml_tf.indexing.publish import POINTER_FILE, VERSIONS_DIR
+from dgml_tf.index.publish import POINTER_FILE, VERSIONS_DIR
 from test_export import FASHION_MNIST, RESIZE, SIZE, fashion_mnist_images, png_bytes, tiny_embedder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +146,7 @@ def test_bad_queries_and_inputs_get_clear_errors(pca_embeddings, tmp_path):
 
 
 def test_crash_during_build_keeps_serving_previous_version(pca_embeddings, tmp_path, monkeypatch):
-    from dgml_tf.indexing import retrieval_index
+    from dgml_tf.index import retrieval_index
 
     build_index(tmp_path / "idx", pca_embeddings[:100], FINGERPRINT, num_groups=3)
     live_before = (tmp_path / "idx" / POINTER_FILE).read_text()
@@ -170,7 +170,7 @@ def test_killed_build_process_keeps_serving_previous_version(pca_embeddings, tmp
     # A separate process dies abruptly (os._exit: no cleanup runs) after writing part of a build.
     script = f"""
 import os, numpy as np
-from dgml_tf.indexing import build_index, retrieval_index
+from dgml_tf.index import build_index, retrieval_index
 real_save = np.save
 def save_then_die(path, array):
     real_save(path, array)
@@ -196,8 +196,8 @@ def embedder_and_index(tmp_path_factory):
     """A tiny exported embedder and an index of 64 Fashion-MNIST test images built by the CLI."""
     import keras
 
-    from dgml_tf import export as dgml_export
-    from dgml_tf import index as dgml_index
+    import dgml_tf.export as dgml_export
+    import dgml_tf.index as dgml_index
 
     keras.backend.clear_session()
     base = tmp_path_factory.mktemp("exports")
@@ -264,8 +264,8 @@ def test_exact_retrieval_savedmodel_equals_numpy(embedder_and_index):
 
 
 def test_retrieval_export_refuses_another_embedder(embedder_and_index, tmp_path):
-    from dgml_tf import export as dgml_export
-    from dgml_tf.indexing.retrieval_savedmodel import export_exact_retrieval_savedmodel
+    import dgml_tf.export as dgml_export
+    from dgml_tf.index.retrieval_savedmodel import export_exact_retrieval_savedmodel
 
     _, _, index_dir = embedder_and_index
     other = dgml_export.export_for_serving(tiny_embedder(seed=5), tmp_path, "other", image_size=SIZE,
@@ -292,7 +292,7 @@ def test_scann_op_retrieval_savedmodel_loads_in_process(embedder_and_index):
 
 
 def test_cli_index_of_image_folder(embedder_and_index, tmp_path):
-    from dgml_tf import index as dgml_index
+    import dgml_tf.index as dgml_index
 
     _, version_dir, _ = embedder_and_index
     images = fashion_mnist_images(12)
@@ -312,7 +312,7 @@ def test_cli_index_of_image_folder(embedder_and_index, tmp_path):
 
 
 def test_cli_expose_paths_is_recorded_and_off_by_default(embedder_and_index, tmp_path):
-    from dgml_tf import index as dgml_index
+    import dgml_tf.index as dgml_index
     from serving.retrieval_servable import RetrievalServable
 
     _, version_dir, _ = embedder_and_index

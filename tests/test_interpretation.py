@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dgml_tf.interpretation import (attention_overlap, blend_heatmap, colorize,
+from dgml_tf.explain import (attention_overlap, blend_heatmap, colorize,
                                     group_attention_grid, group_cosine, normalize_maps,
                                     overlay_groups, retrieval_figure, upsample_attention)
 

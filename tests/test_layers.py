@@ -3,12 +3,12 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from backend_checks.numpy_reference import (
     reference_attentive_grouping as _reference_attentive_grouping,
 )
 from dgml_tf.layers import AttentiveGrouping, FlattenGroups, flatten_groups
+from layer_test_case import run_layer_test
 
 
 @pytest.mark.parametrize(
@@ -229,3 +229,29 @@ def test_fit_under_mirrored_strategy(mirrored_strategy):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
     assert strategy.num_replicas_in_sync == 2
     _fit_once(model)
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, input_shape, expected_shape, num_weights",
+    [
+        ({"num_groups": 3, "group_dim": 8, "reduction": 4}, (2, 5, 5, 16), (2, 3, 8), 3),
+        ({"num_groups": 2, "group_dim": 5, "key_dim": 4, "projection": True,
+          "return_attention": True}, (2, 4, 4, 8), ((2, 2, 5), (2, 2, 4, 4)), 4),
+        ({"num_groups": 1, "group_dim": 5, "key_dim": 3, "normalize": False}, (3, 4, 7, 12),
+         (3, 1, 5), 3),
+    ],
+)
+def test_attentive_grouping_standard_layer_checks(init_kwargs, input_shape, expected_shape,
+                                                  num_weights):
+    x = np.random.default_rng(8).normal(size=input_shape).astype("float32")
+    # Attention maps are computed and returned in float32 under any policy (by design).
+    run_layer_test(AttentiveGrouping, init_kwargs, x, expected_shape,
+                   expected_num_trainable_weights=num_weights,
+                   expected_num_non_trainable_weights=0,
+                   float32_outputs=(1,) if init_kwargs.get("return_attention") else ())
+
+
+def test_flatten_groups_standard_layer_checks():
+    x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype("float32")
+    run_layer_test(FlattenGroups, {}, x, (2, 12), expected_num_trainable_weights=0,
+                   expected_num_non_trainable_weights=0)

@@ -25,6 +25,7 @@ from dgml_tf.losses import (
     PerGroupLoss,
     diversity_loss,
 )
+from layer_test_case import run_layer_test
 
 
 # ---------------------------------------------------------------- diversity
@@ -291,3 +292,12 @@ def test_bad_inputs_give_clear_errors():
         loss(labels[:6], x)
     with pytest.raises(TypeError, match="TripletMiner"):
         MarginLoss(num_classes=2, miner=object())
+
+
+def test_class_betas_standard_layer_checks():
+    x = np.random.default_rng(11).normal(size=(4, 3, 5)).astype("float32")
+    # The layer passes its input through (the betas feed the loss, not the output), so a fit
+    # step on its output cannot move them; MarginLoss's tests train them.
+    run_layer_test(ClassBetas, {"num_classes": 6, "num_groups": 3, "initial_value": 0.7}, x,
+                   (4, 3, 5), expected_num_trainable_weights=1,
+                   expected_num_non_trainable_weights=0, run_training_check=False)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from dgml_tf.losses import ContrastiveLoss, MarginLoss
 from dgml_tf.models import build_embedding_model
-from dgml_tf.training import GroupConfig, MetricLearningModel, StepSchedule, build_grouped_optimizer
+from dgml_tf.train import GroupConfig, MetricLearningModel, StepSchedule, build_grouped_optimizer
 
 _spec = importlib.util.spec_from_file_location(
     "_multiworker_worker", Path(__file__).with_name("_multiworker_worker.py")

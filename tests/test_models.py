@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dgml_tf.layers import PixelNormalization
+from layer_test_case import run_layer_test
 from dgml_tf.models import (
     FrozenBatchNormalization,
     available_backbones,
@@ -256,3 +257,20 @@ def test_trainable_from_freezes_only_the_layers_before_it():
                for old, new in zip(before[layer.name], layer.get_weights()))
     with pytest.raises(ValueError, match="trainable_from='nope'.*stage0_conv0"):
         get_backbone("small_cnn", TINY, trainable_from="nope")
+
+
+@pytest.mark.parametrize("init_kwargs", [{}, {"momentum": 0.9, "epsilon": 1e-3}])
+def test_frozen_batch_norm_standard_layer_checks(init_kwargs):
+    x = np.random.default_rng(10).normal(loc=3.0, size=(4, 3, 3, 5)).astype("float32")
+    # gamma and beta train; the moving mean and variance are non-trainable.
+    run_layer_test(FrozenBatchNormalization, init_kwargs, x, (4, 3, 3, 5),
+                   expected_num_trainable_weights=2, expected_num_non_trainable_weights=2)
+
+
+@pytest.mark.parametrize("preset", ["caffe", "torch", "tf"])
+def test_pixel_normalization_standard_layer_checks(preset):
+    x = _images(2, (4, 4, 3))
+    config = getattr(PixelNormalization, preset)().get_config()
+    init_kwargs = {key: config[key] for key in ("mean", "std", "reverse_channels")}
+    run_layer_test(PixelNormalization, init_kwargs, x, (2, 4, 4, 3),
+                   expected_num_trainable_weights=0, expected_num_non_trainable_weights=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgml_tf import export as dgml_export
+import dgml_tf.export as dgml_export
 from test_export import RESIZE, SIZE, fashion_mnist_images, numpy_eval_preprocess, photo, tiny_embedder
 
 

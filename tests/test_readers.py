@@ -268,7 +268,7 @@ def test_fashion_mnist_counts_and_raw_pixel_baseline():
 def test_fashion_mnist_raw_pixel_baseline_per_class():
     """evaluate_retrieval_per_class on raw pixels against the NumPy computation above, and the
     README's finding: raw pixels rank Shirt well (MAP@R ~0.71) and Sandal hardly at all (~0.05)."""
-    from dgml_tf.evaluation import evaluate_retrieval_per_class
+    from dgml_tf.evaluate import evaluate_retrieval_per_class
 
     splits = load_dataset("fashion_mnist", val_classes=0, seed=0)
     labels = np.asarray([r.label for r in splits.test])

@@ -152,8 +152,8 @@ def test_restore_then_continue_equals_continuing_in_process(tmp_path):
     from dgml_tf import callbacks as cb
     from dgml_tf import flagfiles
     from dgml_tf import flags as dgml_flags
-    from dgml_tf import train
-    from dgml_tf.training import seeding
+    from dgml_tf.train import recipe
+    from dgml_tf.train import seeding
 
     values = absl_flags.FlagValues()
     for define in (dgml_flags.define_data_flags, dgml_flags.define_model_flags,
@@ -166,12 +166,12 @@ def test_restore_then_continue_equals_continuing_in_process(tmp_path):
     images = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
     labels = np.repeat(np.arange(3), 4)
 
-    _, original = train.build_training_model(config, num_classes=3, steps_per_epoch=12)
+    _, original = recipe.build_training_model(config, num_classes=3, steps_per_epoch=12)
     original.fit(images, labels, batch_size=12, epochs=2, verbose=0)
     checkpoint = cb.EpochCheckpoint(str(tmp_path))
     checkpoint.set_model(original)
     checkpoint.save(2)
-    _, restored = train.build_training_model(config, num_classes=3, steps_per_epoch=12)
+    _, restored = recipe.build_training_model(config, num_classes=3, steps_per_epoch=12)
     cb.restore_variables(restored, cb.load_training_state(str(tmp_path)))
 
     for model in (original, restored):

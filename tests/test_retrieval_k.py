@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dgml_tf.indexing import build_index, choose_scann_params, load_index
+from dgml_tf.index import build_index, choose_scann_params, load_index
 from serving.embedders import Embedder
 from serving.errors import ServingError
 from serving.retrieval_servable import RetrievalServable
@@ -62,7 +62,7 @@ def check_rows(indices, scores, similarity, order, k, min_recall):
     """k distinct in-range ids, finite descending scores equal to their cosine, recall vs numpy."""
     indices, scores = np.asarray(indices), np.asarray(scores)
     assert indices.shape == scores.shape == (similarity.shape[0], k)
-    for row, row_scores in zip(indices, scores):
+    for row, row_scores in zip(indices, scores):  # noqa: B007 (scores checked below)
         assert len(set(row.tolist())) == k
         assert row.min() >= 0 and row.max() < N
     assert np.all(np.isfinite(scores))
@@ -196,7 +196,7 @@ def test_paths_only_with_expose_paths(indexes, data, tmp_path):
 def test_scann_op_savedmodel_returns_k_distinct_neighbours(indexes, data, tmp_path, k):
     import tensorflow as tf
 
-    from dgml_tf.indexing.retrieval_savedmodel import export_scann_retrieval_savedmodel
+    from dgml_tf.index.retrieval_savedmodel import export_scann_retrieval_savedmodel
 
     _, queries, similarity, order = data
     path = export_scann_retrieval_savedmodel(indexes["scann_tree"], tmp_path, "m", k=k)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.model_config import ModelConfig
+from dgml_tf.export.tf_serving_layout import ModelConfig
 from serving.state_loader import IndexEmbedderMismatchError, ServingStateLoader
-from serving.synthetic_gallery import export_tiny_embedder, index_gallery, synthetic_gallery
+from serving.synthetic_gallery import export_tiny_embedder, index_synthetic_gallery, synthetic_gallery
 from serving_harness import ServerProcess, b64, http
 
 LABELS = [0, 0, 1, 1, 2, 2, 3, 3]
@@ -54,7 +54,7 @@ def assets(tmp_path_factory):
         out["emb"][version] = result["embedding"].numpy()
         out["att"][version] = result["attention"].numpy()
         out[f"pixels_fn{version}"] = (loaded, loaded.signatures["embed_pixels"])
-        index_gallery(path, images, LABELS, root / f"index_v{version}", backend="scann")
+        index_synthetic_gallery(path, images, LABELS, root / f"index_v{version}", backend="scann")
     config = root / "models.config"
     config.write_text(
         "model_config_list { config { name: 'dgml' base_path: '%s' model_platform: 'tensorflow' "
@@ -373,7 +373,7 @@ def test_reload_swaps_versions_atomically_under_load(assets, tmp_path):
         # A new version appears (staged then renamed, as export_for_serving does) with its index.
         shutil.copytree(assets["base"] / "2", base / ".tmp-2")
         (base / ".tmp-2").rename(base / "2")
-        index_gallery(base / "2", images, LABELS, index_dir, backend="scann")
+        index_synthetic_gallery(base / "2", images, LABELS, index_dir, backend="scann")
         status, doc = http(srv.url + "/v1/admin/reload", "POST", {}, headers=ADMIN)
         assert status == 200 and doc["reloaded"] is True
         reload_returned.set()

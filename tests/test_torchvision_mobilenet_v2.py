@@ -226,12 +226,12 @@ def _all_layers(model):
 @needs_weights
 def test_glyphs_flagfile_builds_a_stride_16_head_on_a_partly_frozen_backbone(tmp_path,
                                                                           monkeypatch):
-    from dgml_tf import train
+    from dgml_tf.train import recipe
     from dgml_tf import flags as dgml_flags
 
     monkeypatch.chdir(tmp_path)
     config = dgml_flags.training_config_from_args(["--flagfile=glyphs.flags"])
-    model = train.build_embedding_model(config)
+    model = recipe.embedding_model_from_config(config)
     # 64 px at stride 16: a 4x4 map for the K=3 attention maps.
     assert tuple(model.output["attention"].shape) == (None, 3, 4, 4)
     backbone = model.get_layer("mobilenet_v2_backbone")
@@ -245,12 +245,12 @@ def test_glyphs_flagfile_builds_a_stride_16_head_on_a_partly_frozen_backbone(tmp
 def test_fashion_mnist_pretrained_flagfile_puts_one_group_on_each_cell(tmp_path, monkeypatch):
     # The recipe of both Fashion-MNIST flagfiles: as many attentive groups as map positions
     # (README, probes), so each group can keep its own cell of the aligned images.
-    from dgml_tf import train
+    from dgml_tf.train import recipe
     from dgml_tf import flags as dgml_flags
 
     monkeypatch.chdir(tmp_path)
     config = dgml_flags.training_config_from_args(["--flagfile=fashion_mnist_pretrained.flags"])
-    model = train.build_embedding_model(config)
+    model = recipe.embedding_model_from_config(config)
     _, groups, height, width = model.output["attention"].shape
     assert (height, width) == (4, 4)  # 64 px at stride 16
     assert groups == height * width == config["num_groups"]

@@ -152,7 +152,7 @@ def test_two_worker_cli_run_equals_the_single_process_run(tmp_path):
     """`python -m dgml_tf.train` under TF_CONFIG (2 local workers, MultiWorkerMirroredStrategy
     through the custom loop) ends with the weights of a one-process run on the same global
     batches; only the chief writes the run directory."""
-    from dgml_tf.evaluate import load_model  # registers our layers
+    from dgml_tf.models.saving import load_keras_model as load_model  # registers our layers
 
     flags = ["--flagfile=fashion_mnist.flags", "--val_classes=0", "--image_size=16",
              "--resize_size=16", "--epochs=2", "--steps_per_epoch=3", "--num_groups=2",

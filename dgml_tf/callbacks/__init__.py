@@ -24,8 +24,7 @@ _EXPORTS = {
     "pause": ("PauseAtStep", "pause_from_environment"),
     "progress": ("RunProgbar", "RunProgress"),
     "tensorboard_extras": ("AttentionImages", "LearningRateLogger", "write_projector"),
-    "validation": ("BestModelTracker", "ValidationEvaluation", "embed_dataset",
-                   "save_model_atomically"),
+    "validation": ("BestModelTracker", "ValidationEvaluation", "save_model_atomically"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_HOME)

@@ -58,7 +58,7 @@ def attention_panels(embedding_model: keras.Model, images: np.ndarray) -> Option
 
     Returns None for models without an "attention" output (baseline heads).
     """
-    from dgml_tf.interpretation import overlay_groups
+    from dgml_tf.explain import overlay_groups
 
     outputs = embedding_model(images, training=False)
     if "attention" not in outputs:

@@ -7,7 +7,7 @@ import numbers
 import keras
 from keras import ops
 
-from dgml_tf.layers._unit_normalize import unit_normalize
+from dgml_tf.distances import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
@@ -171,8 +171,9 @@ class AttentiveGrouping(keras.layers.Layer):
             groups = ops.matmul(
                 ops.cast(groups, self.compute_dtype), self.projection_kernel
             )
-        if self.normalize:
-            groups = unit_normalize(groups, output_dtype=self.compute_dtype)
+        if self.normalize:  # float32: a float16 sum of squares makes norms differ from 1
+            groups = l2_normalize(groups, clamp="squared_norm", compute_dtype="float32",
+                                  output_dtype=self.compute_dtype)
         else:
             groups = ops.cast(groups, self.compute_dtype)
         if self.group_activity_regularizer is not None:

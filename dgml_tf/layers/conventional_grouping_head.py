@@ -5,7 +5,7 @@ import numbers
 import keras
 from keras import ops
 
-from dgml_tf.layers._unit_normalize import unit_normalize
+from dgml_tf.distances import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
@@ -78,7 +78,9 @@ class ConventionalGroupingHead(keras.layers.Layer):
             ops.matmul(pooled, self.kernel), (-1, self.num_groups, self.group_dim)
         )
         if self.normalize:
-            return unit_normalize(groups, output_dtype=self.compute_dtype)
+            # float32: a float16 sum of squares makes the norms visibly differ from 1.
+            return l2_normalize(groups, clamp="squared_norm", compute_dtype="float32",
+                                output_dtype=self.compute_dtype)
         return groups
 
     def compute_output_shape(self, input_shape):

@@ -9,7 +9,8 @@ import keras
 from keras import ops
 
 from dgml_tf.losses.grouped_loss import GroupedMetricLoss
-from dgml_tf.miners.pairwise import masked_mean, pair_masks, unit_vectors
+from dgml_tf.distances import cosine_similarity_matrix, l2_normalize
+from dgml_tf.miners.pairwise import masked_mean, pair_masks
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
@@ -57,8 +58,7 @@ class BinomialDevianceLoss(GroupedMetricLoss):
         self.negative_cost = float(negative_cost)
 
     def group_loss(self, labels, embeddings, group_index: int):
-        unit = unit_vectors(embeddings)
-        cosine = ops.matmul(unit, ops.transpose(unit))
+        cosine = cosine_similarity_matrix(l2_normalize(embeddings))
         positive, negative = pair_masks(labels)
         positive_term = ops.softplus(-self.alpha * (cosine - self.beta))
         negative_term = ops.softplus(self.alpha * self.negative_cost * (cosine - self.beta))

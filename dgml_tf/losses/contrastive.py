@@ -9,13 +9,8 @@ import keras
 from keras import ops
 
 from dgml_tf.losses.grouped_loss import GroupedMetricLoss
-from dgml_tf.miners.pairwise import (
-    masked_mean,
-    pair_masks,
-    pairwise_squared_distances,
-    safe_sqrt,
-    unit_vectors,
-)
+from dgml_tf.distances import l2_normalize, safe_sqrt, unit_squared_distance_matrix
+from dgml_tf.miners.pairwise import masked_mean, pair_masks
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
@@ -56,7 +51,7 @@ class ContrastiveLoss(GroupedMetricLoss):
         self.margin = float(margin)
 
     def group_loss(self, labels, embeddings, group_index: int):
-        squared = pairwise_squared_distances(unit_vectors(embeddings))
+        squared = unit_squared_distance_matrix(l2_normalize(embeddings))
         positive, negative = pair_masks(labels)
         positive_term = 0.5 * squared
         negative_term = 0.5 * ops.square(ops.relu(self.margin - safe_sqrt(squared)))

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from dgml_tf.miners.pairwise import unit_vectors
+from dgml_tf.distances import l2_normalize
 
 
 def diversity_loss(group_embeddings, beta1: float = 2.0, beta2: float = 0.5, scale: float = 25.0):
@@ -48,7 +48,7 @@ def diversity_loss(group_embeddings, beta1: float = 2.0, beta2: float = 0.5, sca
     num_groups = groups.shape[1]
     if num_groups == 1:
         return ops.convert_to_tensor(0.0, dtype="float32")
-    unit = unit_vectors(groups)
+    unit = l2_normalize(groups)
     cosine = ops.einsum("bkd,bjd->bkj", unit, unit)  # (B, K, K)
     per_pair = ops.mean(ops.softplus(beta1 * scale * (cosine - beta2)), axis=0)  # (K, K)
     # pairs i < j; a tensor, since torch tensors do not multiply NumPy arrays

@@ -11,7 +11,7 @@ from keras import ops
 from dgml_tf.losses.class_betas import ClassBetas
 from dgml_tf.losses.grouped_loss import GroupedMetricLoss
 from dgml_tf.miners.distance_weighted import DistanceWeightedMiner
-from dgml_tf.miners.pairwise import safe_sqrt, unit_vectors
+from dgml_tf.distances import l2_normalize, safe_sqrt, squared_euclidean
 from dgml_tf.miners.triplets import TripletMiner
 
 
@@ -102,10 +102,10 @@ class MarginLoss(GroupedMetricLoss):
         return self.class_betas.trainable_variables
 
     def group_loss(self, labels, embeddings, group_index: int, seed=None):
-        unit = unit_vectors(embeddings)
+        unit = l2_normalize(embeddings)
         triplets = self.miner(unit, labels, seed=seed)
-        d_ap = safe_sqrt(ops.sum(ops.square(unit - ops.take(unit, triplets.positives, axis=0)), -1))
-        d_an = safe_sqrt(ops.sum(ops.square(unit - ops.take(unit, triplets.negatives, axis=0)), -1))
+        d_ap = safe_sqrt(squared_euclidean(unit, ops.take(unit, triplets.positives, axis=0)))
+        d_an = safe_sqrt(squared_euclidean(unit, ops.take(unit, triplets.negatives, axis=0)))
         beta = self.class_betas.for_labels(labels, group_index)
         valid = ops.cast(triplets.valid, "float32")
         positive_term = ops.relu(d_ap - beta + self.margin) * valid

@@ -7,7 +7,7 @@ from typing import Optional
 import keras
 
 from dgml_tf.losses.grouped_loss import GroupedMetricLoss
-from dgml_tf.miners.pairwise import unit_vectors
+from dgml_tf.distances import l2_normalize
 
 
 def _is_tfsim_loss(loss) -> bool:
@@ -21,7 +21,7 @@ class PerGroupLoss(GroupedMetricLoss):
     ``pairwise_loss`` is any Keras loss taking integer labels ``(B,)`` and embeddings
     ``(B, d)``: ours, or a tensorflow-similarity loss (``MultiSimilarityLoss``,
     ``TripletLoss``, ``CircleLoss``, ...). tensorflow-similarity 0.17.1 losses are made to
-    work under Keras 3 on the way in (:func:`dgml_tf.similarity.make_tfsim_loss`: reduction
+    work under Keras 3 on the way in (:func:`dgml_tf.losses.tfsim_adapter.make_tfsim_loss`: reduction
     ``"sum_over_batch_size"``, graph-safe ``fn``); pass them as classes when their default
     reduction (``"auto"``) would stop them from being built, e.g.
     ``PerGroupLoss(tfsim.losses.MultiSimilarityLoss, num_groups=3)``.
@@ -55,7 +55,7 @@ class PerGroupLoss(GroupedMetricLoss):
         if isinstance(pairwise_loss, dict):
             pairwise_loss = keras.saving.deserialize_keras_object(pairwise_loss)
         if isinstance(pairwise_loss, type) or _is_tfsim_loss(pairwise_loss):
-            from dgml_tf.similarity import make_tfsim_loss
+            from dgml_tf.losses.tfsim_adapter import make_tfsim_loss
 
             pairwise_loss = make_tfsim_loss(pairwise_loss)
         if not callable(pairwise_loss):
@@ -87,7 +87,7 @@ class PerGroupLoss(GroupedMetricLoss):
 
     def group_loss(self, labels, embeddings, group_index: int):
         if self.normalize:
-            embeddings = unit_vectors(embeddings)
+            embeddings = l2_normalize(embeddings)
         inner = self.pairwise_loss
         if not isinstance(inner, keras.losses.Loss):
             return inner(labels, embeddings)

@@ -8,7 +8,8 @@ from typing import Optional
 import keras
 from keras import ops
 
-from dgml_tf.miners.pairwise import pair_masks, pairwise_squared_distances, safe_sqrt
+from dgml_tf.distances import safe_sqrt, unit_squared_distance_matrix
+from dgml_tf.miners.pairwise import pair_masks
 from dgml_tf.miners.stateless_random import split_seed, stateless_uniform
 from dgml_tf.miners.triplets import Triplets, TripletMiner
 
@@ -41,7 +42,7 @@ class DistanceWeightedMiner(TripletMiner):
     Distances are computed without gradient. Sampling uses Keras' stateless random ops with a
     :class:`keras.random.SeedGenerator`, so a given ``seed`` reproduces the same draws (also
     inside ``tf.function``/XLA and ``jax.jit``). A per-call stateless ``seed`` tensor (what
-    :class:`dgml_tf.training.MetricLearningModel` passes, derived from its seed and the step)
+    :class:`dgml_tf.train.MetricLearningModel` passes, derived from its seed and the step)
     overrides the generator: the draws of a step then never depend on earlier steps, so a
     resumed run equals an uninterrupted one (on every backend; the draws themselves come from
     each backend's RNG, see :mod:`dgml_tf.miners.stateless_random`). Create the miner inside
@@ -96,7 +97,7 @@ class DistanceWeightedMiner(TripletMiner):
         embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))
         dimension = embeddings.shape[-1]
         distances = ops.maximum(
-            safe_sqrt(pairwise_squared_distances(embeddings)), self.lower_cutoff
+            safe_sqrt(unit_squared_distance_matrix(embeddings)), self.lower_cutoff
         )
         _, negative = pair_masks(labels)
         admissible = negative > 0

@@ -1,28 +1,9 @@
-"""Pairwise quantities of a batch: unit vectors, distances and same-class masks.
+"""Same-class masks of a batch and masked means, shared by the miners and the pair-based losses.
 
-Shared by the miners and the pair-based losses.
+Unit vectors and distances live in :mod:`dgml_tf.distances`.
 """
 
 from keras import ops
-
-# Below this squared distance the gradient of sqrt explodes; distances are floored at 1e-6.
-_MIN_SQUARED_DISTANCE = 1e-12
-
-
-def unit_vectors(x):
-    """L2-normalises the last axis (zero vectors stay zero)."""
-    return ops.normalize(x, axis=-1, order=2, epsilon=1e-12)
-
-
-def pairwise_squared_distances(unit):
-    """Squared Euclidean distances ``(B, B)`` between unit vectors, from ``2 - 2 cos``."""
-    cosine = ops.matmul(unit, ops.transpose(unit))
-    return ops.maximum(2.0 - 2.0 * cosine, 0.0)
-
-
-def safe_sqrt(squared):
-    """sqrt with a floored argument, so the gradient stays finite at zero distance."""
-    return ops.sqrt(ops.maximum(squared, _MIN_SQUARED_DISTANCE))
 
 
 def pair_masks(labels):

@@ -1,7 +1,7 @@
 """Stateless random numbers keyed on a seed tensor, on every Keras backend.
 
 ``keras.random`` takes a ``SeedGenerator`` or a Python int, not a seed *tensor*; the miners need
-draws that are a pure function of a per-step seed tensor (``dgml_tf.training.step_seed``), also
+draws that are a pure function of a per-step seed tensor (``dgml_tf.train.step_seed``), also
 inside a compiled step. Each backend gets its own counter-based generator:
 
 * TensorFlow: ``tf.random.stateless_uniform`` / ``tf.random.experimental.stateless_split`` (the
@@ -74,7 +74,7 @@ def stateless_uniform(shape, seed, minval: float = 0.0, maxval: float = 1.0):
 
     Args:
         shape: output shape (may be a dynamic shape tensor on TF).
-        seed: a seed from :func:`split_seed` or ``dgml_tf.training.step_seed``.
+        seed: a seed from :func:`split_seed` or ``dgml_tf.train.step_seed``.
         minval, maxval: the range.
 
     Example:

@@ -1,27 +1,31 @@
 """Model builders: backbones (raw pixels -> feature map) and the full embedding model.
 
 ``build_embedding_model`` is the entry point; ``get_backbone`` and the backbone registry,
-``FrozenBatchNormalization`` and ``parameter_groups`` are its building blocks.
+``FrozenBatchNormalization`` and ``parameter_groups`` are its building blocks. ``names`` holds
+the backbone and head names without Keras (the flags validate them before Keras loads).
 """
 
-from dgml_tf.models.backbones import available_backbones, get_backbone, register_backbone
-from dgml_tf.models.builder import HEADS, build_embedding_model
-from dgml_tf.models.frozen_batch_norm import (
-    FrozenBatchNormalization,
-    freeze_batch_norm_statistics,
-)
-from dgml_tf.models.parameter_groups import PARAMETER_GROUP_NAMES, parameter_groups
-from dgml_tf.models.small_cnn import build_small_cnn
+# Lazy (PEP 562): ``dgml_tf.flags`` imports ``dgml_tf.models.names`` before any CLI has decided
+# oneDNN, which must happen before Keras (and so TensorFlow) is first imported.
+_EXPORTS = {
+    "FrozenBatchNormalization": "dgml_tf.models.frozen_batch_norm",
+    "freeze_batch_norm_statistics": "dgml_tf.models.frozen_batch_norm",
+    "BACKBONES": "dgml_tf.models.names",
+    "HEADS": "dgml_tf.models.names",
+    "PARAMETER_GROUP_NAMES": "dgml_tf.models.names",
+    "parameter_groups": "dgml_tf.models.variable_groups",
+    "available_backbones": "dgml_tf.models.backbones",
+    "get_backbone": "dgml_tf.models.backbones",
+    "register_backbone": "dgml_tf.models.backbones",
+    "build_embedding_model": "dgml_tf.models.builder",
+    "build_small_cnn": "dgml_tf.models.small_cnn",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "FrozenBatchNormalization",
-    "HEADS",
-    "PARAMETER_GROUP_NAMES",
-    "available_backbones",
-    "build_embedding_model",
-    "build_small_cnn",
-    "freeze_batch_norm_statistics",
-    "get_backbone",
-    "parameter_groups",
-    "register_backbone",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

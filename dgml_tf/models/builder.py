@@ -12,8 +12,7 @@ from dgml_tf.layers.conventional_grouping_head import ConventionalGroupingHead
 from dgml_tf.layers.flatten_groups import FlattenGroups
 from dgml_tf.layers.single_embedding_head import SingleEmbeddingHead
 from dgml_tf.models.backbones import get_backbone
-
-HEADS = ("attentive", "grouping", "single")
+from dgml_tf.models.names import HEADS
 
 
 def build_embedding_model(

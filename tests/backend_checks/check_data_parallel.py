@@ -19,7 +19,7 @@ from keras import ops
 from backend_checks.numpy_reference import np_contrastive
 from backend_checks.tiny_model import tiny_batch, tiny_embedding_model
 from dgml_tf.losses import ContrastiveLoss, MarginLoss
-from dgml_tf.training import MetricLearningModel
+from dgml_tf.train import MetricLearningModel
 
 
 def _one_step(loss_factory, distribution):

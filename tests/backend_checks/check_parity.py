@@ -48,7 +48,7 @@ from dgml_tf.losses import (
     diversity_loss,
 )
 from dgml_tf.miners import DistanceWeightedMiner
-from dgml_tf.training import MetricLearningModel, step_seed
+from dgml_tf.train import MetricLearningModel, step_seed
 
 BACKEND = keras.backend.backend()
 BACKEND_ORDER = ("tensorflow", "jax", "torch")
