@@ -13,7 +13,7 @@ from dgml_tf.flag_parsing import parse_flags
 
 
 def run_cli(argv: Optional[Sequence[str]], define_flags: Callable, main: Callable,
-            doc: str) -> None:
+            doc: str, onednn_default: bool = False) -> None:
     """Parses ``argv`` and exits with ``main(remaining, flag_values)``.
 
     Args:
@@ -21,6 +21,13 @@ def run_cli(argv: Optional[Sequence[str]], define_flags: Callable, main: Callabl
         define_flags: ``define_flags(flag_values)`` declares the CLI's flags.
         main: ``main(remaining_argv, flag_values) -> int``.
         doc: printed with ``--help`` above the flags.
+        onednn_default: apply the training CLI's oneDNN default first (``dgml_tf.hardware``;
+            before TensorFlow loads), so a command that runs a trained model uses the kernels
+            it was trained with and reproduces its metrics.
     """
+    if onednn_default:
+        from dgml_tf import hardware
+
+        hardware.apply_onednn_default()
     remaining, flag_values = parse_flags(argv, define_flags, doc)
     raise SystemExit(main(remaining, flag_values))

@@ -24,7 +24,8 @@ from typing import Dict, List, Set
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOP_PACKAGES = ("dgml_tf", "pipelines", "serving")
-ROOT_MODULES = {"dgml_tf", "dgml_tf._missing_tensorflow", "dgml_tf._legacy_keras_guard"}
+ROOT_MODULES = {"dgml_tf", "dgml_tf._missing_tensorflow", "dgml_tf._legacy_keras_guard",
+                "dgml_tf._lazy", "dgml_tf._renamed_modules"}
 LOWER = {"dgml_tf.layers", "dgml_tf.losses", "dgml_tf.miners", "dgml_tf.distances"}
 MODELS = {"dgml_tf.models"}
 # Command-line machinery: what parses flags for the commands, never a library dependency.

@@ -15,6 +15,8 @@ trained run's evaluation: splits, embedding, the ``eval_<split>.json`` files;
 :func:`format_table` lives in ``dgml_tf.results_table`` (the run summary uses it too).
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy: ``python -m dgml_tf.evaluate`` imports this package before its CLI turns oneDNN on, and
 # that must happen before TensorFlow is first imported (``neighbours`` imports it).
 _EXPORTS = {
@@ -49,13 +51,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,6 +6,8 @@ group cosine), ``report`` (the explain report of a trained run: :func:`explain`,
 :func:`explain_run`) and ``cli`` (``python -m dgml_tf.explain``).
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy, like dgml_tf.evaluate: importing the package costs nothing until a name is used.
 _EXPORTS = {
     "blend_heatmap": "dgml_tf.explain.attention_overlay",
@@ -33,13 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -93,12 +93,9 @@ def main(argv: Sequence[str], values: absl_flags.FlagValues) -> int:
 
 def run(argv: Optional[Sequence[str]] = None) -> None:
     """Console entry point (``python -m dgml_tf.explain``)."""
-    from dgml_tf import hardware
     from dgml_tf.cli import run_cli
 
-    # The training CLI's oneDNN default (before TF loads): the same kernels as the run's.
-    hardware.apply_onednn_default()
-    run_cli(argv, define_flags, main, __doc__)
+    run_cli(argv, define_flags, main, __doc__, onednn_default=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,8 @@
 """The explain report: where each group of a trained run looks, and how distinct the groups are.
 
-For a model and a split of its dataset, :func:`explain` writes
-
-- ``attention_grid.png``: for each chosen image, the image then one panel per group with that
-  group's attention map upsampled to the crop, normalised, coloured and blended over it;
-- ``retrieval_<i>.png``: a query and its top-k neighbours in the split (the query itself
-  excluded), each row with its per-group maps; green titles share the query's class;
-- ``explain.json``: the chosen images, the neighbours, and "distinct groups" statistics on the
-  split: mean pairwise attention overlap of the K maps (histogram intersection, in [0, 1]) and
-  mean pairwise cosine of the K group embeddings (in [-1, 1]).
+For a model and a split of its dataset, :func:`explain` writes the attention grid, one
+retrieval figure per query and ``explain.json`` (the files are described in
+:mod:`dgml_tf.explain.cli`, which ``--help`` prints).
 
 Images are either files (they query the whole split) or a fixed seeded choice of images of the
 split (they query the split without themselves). Baseline heads (``single``, ``grouping``) have

@@ -24,6 +24,8 @@ Modules, one concept each:
 Importing this package imports neither Keras nor TensorFlow (names load on first use).
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy (PEP 562): serving imports ``output_names`` / ``tf_serving_layout`` from here without
 # paying for Keras, and CLIs decide oneDNN before TensorFlow is first imported.
 _EXPORTS = {
@@ -43,9 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,8 @@ explorer page), ``cli`` (``python -m dgml_tf.index``).
 Importing this package does not import TensorFlow; only embedding and the retrieval SavedModels do.
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy (PEP 562): the server imports this package for ``load_index`` without TensorFlow, and
 # ``python -m dgml_tf.index`` runs its CLI before anything heavy is imported.
 _EXPORTS = {
@@ -44,9 +46,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,6 +11,8 @@
 All are registered Keras serializables (package ``dgml_tf``).
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy (PEP 562): ``dgml_tf.flags`` lists the loss names from ``registry`` before any CLI has
 # decided oneDNN, which must happen before Keras (and so TensorFlow) is first imported.
 _EXPORTS = {
@@ -45,12 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def register_serializables() -> None:

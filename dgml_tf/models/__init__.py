@@ -5,6 +5,8 @@
 the backbone and head names without Keras (the flags validate them before Keras loads).
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy (PEP 562): ``dgml_tf.flags`` imports ``dgml_tf.models.names`` before any CLI has decided
 # oneDNN, which must happen before Keras (and so TensorFlow) is first imported.
 _EXPORTS = {
@@ -23,9 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,8 @@ tf.distribute pieces (``CustomLoopTrainer``, ``strategy_from_environment``) impo
 when first used.
 """
 
+from dgml_tf._lazy import lazy_exports
+
 # Lazy: ``python -m dgml_tf.train`` imports this package before its CLI decides oneDNN, and
 # that decision must come before Keras (and so TensorFlow) is first imported.
 _EXPORTS = {
@@ -43,11 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
