@@ -8,43 +8,13 @@ state, not a servable model: export ``best.keras`` / ``model.keras`` instead.
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Union
 
 import keras
 
-RUN_DIR_MODEL_FILES = ("best.keras", "model.keras")
-
-
-def _register_custom_objects() -> None:
-    """Imports the modules whose layers are registered Keras serializables.
-
-    A ``.keras`` file names its custom layers ("dgml_tf>AttentiveGrouping"); they deserialize
-    only once their modules have been imported.
-    """
-    for module in ("dgml_tf.layers", "dgml_tf.models", "dgml_tf.losses"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            # A partial install without that subpackage: models using it fail to load below with
-            # Keras' own "unknown layer" message, which names the missing class.
-            pass
-
-
-def resolve_run_dir(run_dir: "str | os.PathLike") -> str:
-    """The model file of a training run directory (``best.keras``, else ``model.keras``)."""
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"--run_dir {run_dir!r} is not a directory.")
-    for name in RUN_DIR_MODEL_FILES:
-        path = os.path.join(run_dir, name)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(
-        f"--run_dir {run_dir!r} has neither {' nor '.join(RUN_DIR_MODEL_FILES)}. Point --run_dir "
-        "at a dgml_tf.train output directory, or pass --keras_model=<file.keras>."
-    )
+from dgml_tf.models.saving import load_keras_model
+from dgml_tf.run_dir import RunDir
 
 
 def load_embedder(source: Union[keras.Model, str, os.PathLike]) -> tuple:
@@ -65,14 +35,6 @@ def load_embedder(source: Union[keras.Model, str, os.PathLike]) -> tuple:
         )
     path = os.fspath(source)
     if os.path.isdir(path):
-        path = resolve_run_dir(path)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            f"{path!r} is not a .keras file. Save the model with model.save('model.keras'); "
-            "weights-only files (.weights.h5) do not describe the architecture."
-        )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model file {path!r} does not exist.")
-    _register_custom_objects()
-    model = keras.saving.load_model(path, compile=False)
-    return model, os.path.abspath(path)
+        path = RunDir(path).model_path()  # best.keras, else model.keras; else names both
+    # Checks the suffix, then that the file exists, then registers our layers and loads.
+    return load_keras_model(path), os.path.abspath(path)

@@ -45,13 +45,13 @@ def load_keras_model(path: Union[str, os.PathLike], *, compile: bool = False):
         >>> model = load_keras_model("runs/fm/best.keras")  # doctest: +SKIP
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model at {path}: train first (python -m dgml_tf.train "
-                                "--output_dir=...) or pass --keras_model=<file.keras>.")
     if not path.endswith(".keras"):
         raise ValueError(
             f"{path!r} is not a .keras file. Save the model with model.save('model.keras'); "
             "weights-only files (.weights.h5) do not describe the architecture.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model at {path}: train first (python -m dgml_tf.train "
+                                "--output_dir=...) or pass --keras_model=<file.keras>.")
     import keras
 
     register_custom_objects()
