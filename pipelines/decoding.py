@@ -11,13 +11,9 @@ from typing import Callable
 
 import tensorflow as tf
 
-
 # One MCU (at most 16 px with 2x chroma subsampling).
 _JPEG_MARGIN = 16
 
-# The default limit of served images: 4096 x 4096 pixels (~50 MB of RGB), far above any model
-# input, far below what a decompression bomb asks for.
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 # A GIF's frames and extensions walked by the header check (two blocks per animation frame).
 MAX_GIF_BLOCKS = 4096

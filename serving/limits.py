@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 # The served-image pixel limit is the export's (its serving_default checks the same number).
-from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from pipelines.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 from serving.errors import invalid_argument
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024

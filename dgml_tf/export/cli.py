@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from pipelines.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["main", "run"]
 

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS, decode_rgb
+from pipelines.decoding import decode_rgb
+from pipelines.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines.transforms import eval_transform
 
 # The protocol's ratio: resize 256 then crop 224.

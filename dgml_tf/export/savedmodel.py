@@ -24,7 +24,7 @@ from dgml_tf.export.model_source import load_embedder
 from dgml_tf.export.preprocessing import check_sizes
 from dgml_tf.export.signatures import build_export_archive, inspect_embedder
 from dgml_tf.export.tf_serving_layout import check_model_name, resolve_version, staged_version_dir
-from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from pipelines.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["ExportResult", "as_pair", "export_and_write_configs", "export_for_serving"]
 

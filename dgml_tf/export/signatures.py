@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dgml_tf.export import output_names as names
 from dgml_tf.export.preprocessing import decode_and_preprocess_batch
-from pipelines.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from pipelines.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
