@@ -26,6 +26,8 @@ Variants (``--variants``, comma separated; combine options with ``+``, e.g. ``no
   the table says what TF reported); ``noonednn``: ``TF_ENABLE_ONEDNN_OPTS=0``;
 * ``onednn``: ``TF_ENABLE_ONEDNN_OPTS=1`` (what the default sets when unset);
 * ``xla``: ``model.compile(jit_compile=True)``;
+* ``nofold``: ``--nofold_batch_norm``, each frozen BatchNorm computed after its convolution
+  instead of folded into it (what runs trained before the flag existed do);
 * ``bf16`` / ``fp16``: Keras ``mixed_bfloat16`` / ``mixed_float16`` global policy (CPUs without
   bf16/fp16 arithmetic emulate it: expected slower; reported as measured). A ``bf16`` variant is
   compared with the PyTorch reference under ``torch.autocast(dtype=torch.bfloat16)`` (like for
@@ -65,7 +67,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TORCH_PYTHON = os.path.join(REPO, ".venv-torch", "bin", "python")
 RESULT_MARKER = "RESULT_JSON "
-OPTIONS = ("onednn", "noonednn", "tfdefault", "det", "nodet", "xla", "bf16", "fp16", "pipeline")
+OPTIONS = ("onednn", "noonednn", "tfdefault", "det", "nodet", "xla", "bf16", "fp16", "pipeline",
+           "nofold")
 DEFAULT_VARIANTS = "default,nodet,tfdefault,bf16"
 # The authors' CUB recipe (method.md); the rates do not change the speed, the ops they imply do.
 RECIPE_FLAGFILE = "cub.flags"
@@ -132,7 +135,8 @@ def _onednn_enabled() -> Optional[bool]:
         return None
 
 
-def benchmark_model(batch: int, image_size: int, num_classes: int, jit_compile: bool):
+def benchmark_model(batch: int, image_size: int, num_classes: int, jit_compile: bool,
+                    fold_batch_norm: bool = True):
     """Our model, loss and grouped optimizer from cub.flags, compiled as the training CLI does
     (``dgml_tf.train.recipe``; random init: the weights do not change the speed)."""
     import keras
@@ -142,7 +146,8 @@ def benchmark_model(batch: int, image_size: int, num_classes: int, jit_compile: 
 
     config = dgml_flags.training_config_from_args([
         f"--flagfile={RECIPE_FLAGFILE}", "--weights=none", f"--image_size={image_size}",
-        f"--resize_size={image_size}", f"--jit_compile={jit_compile}"])
+        f"--resize_size={image_size}", f"--jit_compile={jit_compile}",
+        f"--fold_batch_norm={fold_batch_norm}"])
     keras.utils.set_random_seed(0)
     _, model = recipe.build_training_model(config, num_classes, steps_per_epoch=100)
     return model
@@ -209,7 +214,8 @@ def variant_worker(args) -> dict:
             images = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
             labels = tf.constant(np.arange(batch) // 2, tf.int64)
             batches = None
-        model = benchmark_model(batch, size, num_classes, jit_compile="xla" in options)
+        model = benchmark_model(batch, size, num_classes, jit_compile="xla" in options,
+                                fold_batch_norm="nofold" not in options)
         model.make_train_function()
 
         def run_step():
@@ -382,7 +388,10 @@ def _table_header(args, machine, versions) -> list:
         f"torchvision {versions.get('torchvision', 'n/a')}.",
         f"Batch {args.batch} ({args.batch // 2} classes x 2), {args.image_size} px, "
         f"{args.threads} intra-op thread(s) / 1 inter-op, {args.warmup} warm-up step(s), "
-        f"{args.repeats} repeats x {args.steps} step(s); images/s as median (min-max). "
+        f"{args.repeats} repeats x {args.steps} step(s)"
+        + (f" in each of {args.rounds} rounds (every variant and PyTorch once per round, "
+           "alternating; blocks pooled)" if args.rounds > 1 else "")
+        + "; images/s as median (min-max). "
         "\"vs PyTorch\" compares with the PyTorch row of the same precision.",
         "",
     ]
@@ -503,6 +512,52 @@ def render_table(args, machine, versions, results, torch_results, flops, peaks) 
     return "\n".join(lines)
 
 
+def _merge_rounds(results: list, new: list) -> None:
+    """Appends each new result's timed blocks to the same variant's earlier result (rounds
+    interleave the variants in time, so slow phases of a shared machine hit them alike)."""
+    for result in new:
+        earlier = next((r for r in results if r.get("variant") == result.get("variant")), None)
+        if earlier is None:
+            results.append(result)
+        elif "images_per_s" in earlier and "images_per_s" in result:
+            earlier["images_per_s"] = list(earlier["images_per_s"]) + list(result["images_per_s"])
+        elif "error" in result:
+            earlier.setdefault("error", result["error"])
+
+
+def _run_variants(args, variants: list, log) -> list:
+    results = []
+    for variant in variants:
+        log(f"variant {variant}")
+        result = run_subprocess(worker_command(args, "variant", variant),
+                                variant_environment(parse_variant(variant)), args.timeout)
+        result.setdefault("variant", variant)
+        results.append(result)
+        log(f"  {result}")
+    return results
+
+
+def _run_torch(args, precisions: list, log, round_index: int) -> dict:
+    out = {}
+    for precision in precisions:
+        log(f"PyTorch reference, {precision}")
+        if not os.path.exists(TORCH_PYTHON):
+            out[precision] = {"error": f"{TORCH_PYTHON} not found: run bench/setup_torch_venv.sh"}
+            continue
+        count_flops = precision == "fp32" and not args.skip_flops and round_index == 0
+        out[precision] = run_subprocess(
+            [TORCH_PYTHON, os.path.join(HERE, "torch_reference_step.py"),
+             "--batch", str(args.batch), "--image_size", str(args.image_size),
+             "--threads", str(args.threads), "--steps", str(args.steps),
+             "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+             "--precision", precision, *(["--count_flops"] if count_flops else [])],
+            dict(os.environ), args.timeout,
+        )
+        out[precision].setdefault("variant", f"torch-{precision}")
+        log(f"  {out[precision]}")
+    return out
+
+
 def run_benchmark(args) -> str:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in variants:
@@ -510,6 +565,8 @@ def run_benchmark(args) -> str:
     machine = machine_description()
     versions = _versions()
     timeout = args.timeout
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}.")
 
     def log(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -525,34 +582,18 @@ def run_benchmark(args) -> str:
         log("FLOP count of the train step")
         flops = run_subprocess(worker_command(args, "flops"), variant_environment(()), timeout)
         log(f"  {flops}")
-    results = []
-    for variant in variants:
-        log(f"variant {variant}")
-        result = run_subprocess(worker_command(args, "variant", variant),
-                                variant_environment(parse_variant(variant)), timeout)
-        result.setdefault("variant", variant)
-        results.append(result)
-        log(f"  {result}")
-    torch_results = {}
-    if not args.skip_torch:
-        precisions = ["fp32"] + (["bf16"] if any(_precision(r) == "bf16" for r in results)
-                                 else [])
-        for precision in precisions:
-            log(f"PyTorch reference, {precision}")
-            if not os.path.exists(TORCH_PYTHON):
-                torch_results[precision] = {
-                    "error": f"{TORCH_PYTHON} not found: run bench/setup_torch_venv.sh"}
-                continue
-            torch_results[precision] = run_subprocess(
-                [TORCH_PYTHON, os.path.join(HERE, "torch_reference_step.py"),
-                 "--batch", str(args.batch), "--image_size", str(args.image_size),
-                 "--threads", str(args.threads), "--steps", str(args.steps),
-                 "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-                 "--precision", precision,
-                 *(["--count_flops"] if precision == "fp32" and not args.skip_flops else [])],
-                dict(os.environ), timeout,
-            )
-            log(f"  {torch_results[precision]}")
+    results, torch_results = [], {}
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            log(f"round {round_index + 1} of {args.rounds}")
+        _merge_rounds(results, _run_variants(args, variants, log))
+        if not args.skip_torch:
+            precisions = ["fp32"] + (["bf16"] if any(_precision(r) == "bf16" for r in results)
+                                     else [])
+            for precision, result in _run_torch(args, precisions, log, round_index).items():
+                merged = [torch_results.get(precision)] if precision in torch_results else []
+                _merge_rounds(merged, [result])
+                torch_results[precision] = merged[0]
     return render_table(args, machine, versions, results, torch_results, flops, peaks)
 
 
@@ -562,6 +603,9 @@ def main(argv=None) -> None:
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every variant and the PyTorch reference this many times, "
+                             "alternating; the table pools their timed blocks")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (>= 1)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--matmul_size", type=int, default=4096)

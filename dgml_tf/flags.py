@@ -88,6 +88,10 @@ def define_model_flags(values: absl_flags.FlagValues = absl_flags.FLAGS) -> None
                            flag_values=values)
     absl_flags.DEFINE_bool("freeze_bn", True, "Freeze BatchNorm statistics of the backbone.",
                            flag_values=values)
+    absl_flags.DEFINE_bool("fold_batch_norm", True, "With --freeze_bn, fold each frozen "
+                           "BatchNorm into the convolution before it: the same model and "
+                           "gradients, a faster step (a run trained before this flag existed "
+                           "did not fold).", flag_values=values)
     absl_flags.DEFINE_string("feature_layer", "", "Backbone layer whose feature map feeds the "
                              "head (empty: the last one), e.g. features_14_conv_0_2 for a "
                              "stride-16 torchvision mobilenet_v2 map.", flag_values=values)
@@ -367,6 +371,11 @@ def _round_up_batch(p: int, m: int, replicas: int) -> int:
 # batching or where files live, not what is trained.
 # ``deterministic`` changes reduction order, not the recipe; ``runtime`` holds what the machine
 # decided (oneDNN, the resolved precision), compared through the effective precision below.
+# What a run config written before a flag existed trained with, where that differs from the
+# flag's default: runs before --fold_batch_norm kept Conv2D and BatchNorm apart (their
+# checkpoints hold those layers' weights).
+LEGACY_FLAG_VALUES = {"fold_batch_norm": False}
+
 RESUME_INSENSITIVE_FLAGS = frozenset({
     "verbose", "resume", "output_dir", "data_dir", "eval_batch_size", "num_attention_images",
     "projector_max_points", "deterministic", "runtime",
@@ -419,9 +428,13 @@ def changed_training_flags(stored: Mapping[str, object], config: Mapping[str, ob
     import json
 
     values = _training_flag_values()
-    # A run written before a flag existed ran with that flag's default.
-    stored = {**{name: values[name].default for name in values}, **dict(stored)}
+    # A run written before a flag existed ran with that flag's default, or with the behaviour
+    # of its time where the flag changed it (LEGACY_FLAG_VALUES).
+    stored = {**{name: values[name].default for name in values}, **LEGACY_FLAG_VALUES,
+              **dict(stored)}
     old, new = (json.loads(json.dumps(dict(c), default=str)) for c in (stored, config))
+    for c in (old, new):  # folding only changes a model whose BatchNorms are frozen
+        c["fold_batch_norm"] = bool(c.get("fold_batch_norm")) and bool(c.get("freeze_bn"))
     changed = [f"--{name}: {old.get(name)!r} -> {new.get(name)!r}"
                for name in sorted(set(old) | set(new))
                if name not in RESUME_INSENSITIVE_FLAGS | {"mixed_precision"}

@@ -12,6 +12,9 @@ from dgml_tf._lazy import lazy_exports
 _EXPORTS = {
     "FrozenBatchNormalization": "dgml_tf.models.frozen_batch_norm",
     "freeze_batch_norm_statistics": "dgml_tf.models.frozen_batch_norm",
+    "ConvFrozenBatchNorm": "dgml_tf.models.conv_frozen_batch_norm",
+    "FoldedBatchNormalization": "dgml_tf.models.conv_frozen_batch_norm",
+    "fold_frozen_batch_norm": "dgml_tf.models.conv_frozen_batch_norm",
     "BACKBONES": "dgml_tf.models.names",
     "HEADS": "dgml_tf.models.names",
     "PARAMETER_GROUP_NAMES": "dgml_tf.models.names",

@@ -29,6 +29,7 @@ def build_embedding_model(
     name: str | None = None,
     feature_layer: str | None = None,
     trainable_from: str | None = None,
+    fold_batch_norm: bool = False,
 ) -> keras.Model:
     """Builds an image -> embedding model.
 
@@ -63,6 +64,8 @@ def build_embedding_model(
             map); see :func:`dgml_tf.models.get_backbone`.
         trainable_from: freeze the backbone layers before this one (None: train them all);
             see :func:`dgml_tf.models.get_backbone`.
+        fold_batch_norm: fold the frozen BatchNorms into the convolutions before them (same
+            function, faster); see :func:`dgml_tf.models.get_backbone`.
 
     Returns:
         A functional ``keras.Model`` with the output dict above.
@@ -97,7 +100,8 @@ def build_embedding_model(
 
     images = keras.Input(tuple(input_shape), name="image", dtype="float32")
     features = get_backbone(backbone, input_shape, weights, freeze_batch_norm,
-                            feature_layer=feature_layer, trainable_from=trainable_from)(images)
+                            feature_layer=feature_layer, trainable_from=trainable_from,
+                            fold_batch_norm=fold_batch_norm)(images)
     attention = None
     if head == "attentive":
         groups, attention = AttentiveGrouping(

@@ -12,7 +12,8 @@ from typing import Union
 
 # Modules that define registered serializables (the lazy ``dgml_tf.losses`` package registers
 # its own through ``register_serializables``).
-_REGISTERING_MODULES = ("dgml_tf.layers", "dgml_tf.models.frozen_batch_norm", "dgml_tf.losses")
+_REGISTERING_MODULES = ("dgml_tf.layers", "dgml_tf.models.frozen_batch_norm",
+                        "dgml_tf.models.conv_frozen_batch_norm", "dgml_tf.losses")
 
 
 def register_custom_objects() -> None:

@@ -75,6 +75,7 @@ def embedding_model_from_config(config: Mapping[str, Any]):
         weights=weights, head=config["head"], num_groups=config["num_groups"],
         embedding_dim=config["embedding_dim"], reduction=config["reduction"],
         freeze_batch_norm=config["freeze_bn"], projection=config["projection"],
+        fold_batch_norm=config.get("fold_batch_norm", False),
         feature_layer=config.get("feature_layer") or None,
         trainable_from=config.get("train_backbone_from") or None)
 
