@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "serving": ["scann[tf]==1.4.2", "tensorflow-serving-api==2.20.0",
                 # the REST stack (docs/serving.md, "The HTTP stack"): ASGI server, routing, metrics
-                "uvicorn==0.54.0", "h11==0.16.0", "starlette==1.10.0", "prometheus_client==0.26.0"],
+                "uvicorn==0.54.0", "h11==0.16.0", "starlette==1.10.0", "prometheus_client==0.26.0",
+                "orjson==3.13.0"],  # response JSON (serving.tensor_json.dumps)
     "onnx": ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
     "similarity": ["tensorflow-similarity==0.17.1"],
     "explain": ["matplotlib>=3.8"],

@@ -1,19 +1,22 @@
 """REST latency and throughput of the service, dynamic batching off vs on, in one run.
 
 Exports a small untrained attentive-grouping embedder (small_cnn, 32 px), indexes a synthetic
-gallery with ScaNN, then starts ``python -m serving.server`` twice on 127.0.0.1 (port 0, found
-from the ready line): once with ``--enable_batching=false``, once with the default batching
-(``--max_batch_size`` 32, ``--batch_timeout_micros`` 2000). Each cell sends single-image requests
-from N client threads (one keep-alive connection each) and stops at ``--requests`` requests or
-``--max_seconds``, whichever comes first. Client and server share this machine's cores, so the
-numbers are an upper bound on what the service alone costs.
+gallery with ScaNN, then starts two ``python -m serving.server`` on 127.0.0.1 (port 0, found
+from the ready line): one with ``--enable_batching=false``, one with the default batching
+(``--max_batch_size`` 32, ``--batch_timeout_micros`` 2000). Both run for the whole measurement.
+Each cell sends single-image requests from N client threads (one keep-alive connection each),
+``--requests`` in all, in ``--rounds`` rounds that alternate between the two servers (off, on,
+on, off, ...), each round stopping at its share of the requests or of ``--max_seconds``; the
+table pools the rounds' latencies. Measuring one mode after the other instead let a slow phase
+of this shared VM (+-30% over minutes) decide the ratio. Client and server share this machine's
+cores, so the numbers are an upper bound on what the service alone costs.
 
 Prints the table (p50/p99 ms, req/s, and the on/off ratios side by side) with the CPU flags.
 Goal (issue 14): at concurrency 8, batching on has p99 <= 0.5x and throughput >= 2x of off.
 
 Usage:
     python bench/rest_latency.py [--requests 400] [--max_seconds 60] [--gallery 256]
-        [--concurrency 8 32] [--grpc]
+        [--concurrency 8 32] [--rounds 4] [--grpc]
 
 ``--grpc`` also sends the same cells over TF Serving's gRPC API (``--grpc_port``) and prints a
 REST vs gRPC table.
@@ -109,13 +112,32 @@ def _closed_loop(make_sender, concurrency: int, requests: int, max_seconds: floa
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
-    ms = np.asarray(latencies) * 1e3
+    return _stats(np.asarray(latencies) * 1e3, errors[0], wall)
+
+
+def _stats(ms: np.ndarray, errors: int, wall: float) -> dict:
     return {
-        "n": len(latencies), "errors": errors[0],
+        "n": len(ms), "errors": errors, "wall": wall, "ms": ms,
         "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "rps": len(latencies) / wall if wall > 0 else float("nan"),
+        "rps": len(ms) / wall if wall > 0 else float("nan"),
     }
+
+
+def pool(parts: list) -> dict:
+    """One cell's statistics from its rounds: latencies pooled, req/s = requests / total time."""
+    return _stats(np.concatenate([p["ms"] for p in parts]), sum(p["errors"] for p in parts),
+                  sum(p["wall"] for p in parts))
+
+
+def interleaved(run, modes, rounds: int) -> dict:
+    """``{mode: pooled stats}`` of ``run(mode)`` called ``rounds`` times per mode, the modes
+    alternating (off, on, on, off, ...) so a slow phase of a shared machine hits both alike."""
+    parts = {mode: [] for mode in modes}
+    for index in range(rounds):
+        for mode in (modes if index % 2 == 0 else modes[::-1]):
+            parts[mode].append(run(mode))
+    return {mode: pool(p) for mode, p in parts.items()}
 
 
 def run_cell(port: int, path: str, bodies: list, concurrency: int, requests: int,
@@ -203,12 +225,45 @@ def grpc_table(results: dict, endpoints, concurrency_levels) -> list:
     return lines
 
 
+MODES = ("off", "on")
+
+
+def measure(args, servers: dict, endpoints: dict, images: list) -> dict:
+    """``{(endpoint, clients, mode): stats}`` for every cell, modes interleaved in rounds."""
+    results = {}
+    per_round = max(1, args.requests // args.rounds)
+    for name, (path, bodies) in endpoints.items():
+        for mode in MODES:  # warm-up (graph tracing, caches)
+            run_cell(servers[mode][1], path, bodies, 8, 40, 30)
+        for concurrency in args.concurrency:
+            cells = interleaved(lambda mode, path=path, bodies=bodies, c=concurrency: run_cell(
+                servers[mode][1], path, bodies, c, per_round,
+                args.max_seconds / args.rounds), MODES, args.rounds)
+            results.update({(name, concurrency, mode): cells[mode] for mode in MODES})
+    if args.grpc:  # the same images and cells over gRPC
+        for name, k in (("dgml:predict (embed)", None), ("dgml_retrieval:predict k=10", 10)):
+            protos = grpc_requests(images[:32], k)
+            targets = {mode: f"127.0.0.1:{servers[mode][2]}" for mode in MODES}
+            for mode in MODES:
+                run_grpc_cell(targets[mode], protos, 8, 40, 30)  # warm-up
+            for concurrency in args.concurrency:
+                cells = interleaved(lambda mode, t=targets, p=protos, c=concurrency: run_grpc_cell(
+                    t[mode], p, c, per_round,
+                    args.max_seconds / args.rounds), MODES, args.rounds)
+                results.update({("gRPC " + name, concurrency, mode): cells[mode]
+                                for mode in MODES})
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per cell (bound)")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="time per cell (bound)")
     parser.add_argument("--gallery", type=int, default=256, help="indexed synthetic images")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="each cell's requests are sent in this many rounds, batching off "
+                             "and on alternating (both servers run throughout)")
     parser.add_argument("--grpc", action="store_true",
                         help="also send the same cells over gRPC (a REST vs gRPC table)")
     parser.add_argument("--write_docs", action="store_true",
@@ -218,7 +273,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from serving.synthetic_gallery import export_tiny_embedder, index_synthetic_gallery, synthetic_gallery
 
-    results = {}
+    if args.rounds < 1 or args.requests < args.rounds:
+        parser.error("--rounds must be >= 1 and at most --requests.")
     with tempfile.TemporaryDirectory(prefix="rest_latency_") as tmp:
         tmp = Path(tmp)
         labels = [i % 16 for i in range(args.gallery)]
@@ -234,30 +290,26 @@ def main(argv=None) -> int:
         }
         common = [f"--model_base_path={tmp / 'models' / 'dgml'}", "--model_name=dgml",
                   f"--index_dir={tmp / 'index'}", "--host=127.0.0.1", "--log_level=WARNING"]
-        for mode, flags in (("off", ["--enable_batching=false"]), ("on", ["--enable_batching=true"])):
-            grpc_port = free_port() if args.grpc else -1
-            process, port = start_server(common + flags + [f"--grpc_port={grpc_port}"],
-                                         tmp / f"server_{mode}.log")
-            try:
-                for name, (path, bodies) in endpoints.items():
-                    run_cell(port, path, bodies, 8, 40, 30)  # warm-up (graph tracing, caches)
-                    for concurrency in args.concurrency:
-                        results[(name, concurrency, mode)] = run_cell(
-                            port, path, bodies, concurrency, args.requests, args.max_seconds)
-                if args.grpc:  # the same images and cells over gRPC
-                    for name, k in (("dgml:predict (embed)", None), ("dgml_retrieval:predict k=10", 10)):
-                        protos = grpc_requests(images[:32], k)
-                        target = f"127.0.0.1:{grpc_port}"
-                        run_grpc_cell(target, protos, 8, 40, 30)  # warm-up
-                        for concurrency in args.concurrency:
-                            results[("gRPC " + name, concurrency, mode)] = run_grpc_cell(
-                                target, protos, concurrency, args.requests, args.max_seconds)
-            finally:
+        servers = {}
+        try:
+            # Both servers run for the whole measurement (an idle one costs no CPU), and their
+            # cells interleave in rounds: a drift of the shared machine cannot favour one mode.
+            for mode in MODES:
+                grpc_port = free_port() if args.grpc else -1
+                process, port = start_server(
+                    common + [f"--enable_batching={'true' if mode == 'on' else 'false'}",
+                              f"--grpc_port={grpc_port}"], tmp / f"server_{mode}.log")
+                servers[mode] = (process, port, grpc_port)
+            results = measure(args, servers, endpoints, images)
+        finally:
+            for process, _, _ in servers.values():
                 process.terminate()
+            for process, _, _ in servers.values():
                 process.wait(timeout=120)
 
     lines = [f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
-             f"{os.cpu_count()} CPU cores shared by client and server; {cpu_note()}",
+             f"{os.cpu_count()} CPU cores shared by client and server, batching off and on "
+             f"interleaved in {args.rounds} rounds per cell; {cpu_note()}",
              "", "| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
              "p99 on/off | req/s on/off |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

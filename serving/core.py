@@ -61,7 +61,6 @@ from serving.limits import Limits
 from serving.metrics import ServingMetrics
 from serving.model_registry import ModelRegistry, ServingState
 from serving.servable import Servable
-from serving.signature_defs import input_specs
 from serving.tensor_json import DEFAULT_SIGNATURE, PredictRequest, check_arrays, decode_inputs
 
 LOG = logging.getLogger("serving")
@@ -228,8 +227,11 @@ class ServingCore:
 
         try:
             servable = self.resolve(model, version, label)
-            labels.update(model=servable.name, version=str(servable.version), signature=signature)
-            specs = input_specs(servable.signature(signature))
+            labels.update(model=servable.name, version=str(servable.version))
+            specs = servable.input_specs(signature)
+            # Only a signature the servable has becomes a label: a client choosing random
+            # names must not grow the metrics without bound.
+            labels["signature"] = signature
             arrays = decode(servable, specs)
             rows, cost = self._check(servable, signature, arrays)
             key = (id(servable), signature, freeze(options),

@@ -33,10 +33,10 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import time
-import uuid
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Optional
@@ -59,6 +59,8 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 EXPLORER_DIR = Path(__file__).resolve().parent / "explorer"
 # Bodies at least this large are parsed off the event loop.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+# Transport writes smaller than this are coalesced (see _LingeringTransport).
+_COALESCE_BYTES = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -125,7 +127,7 @@ class RestApp:
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else _new_request_id()
         method, path = scope["method"], scope["path"]
         info = {"route": "other", "model": "-"}
         status = 500
@@ -165,9 +167,10 @@ class RestApp:
         finally:
             seconds = time.perf_counter() - started
             self.core.metrics.observe_http(method, info["route"], status, seconds)
-            ACCESS_LOG.info("%s %s HTTP/%s %d %.1fms request_id=%s model=%s",
-                            method, _printable(path), scope.get("http_version", "1.1"), status,
-                            seconds * 1e3, request_id, info["model"])
+            if ACCESS_LOG.isEnabledFor(logging.INFO):  # (spares _printable when it is off)
+                ACCESS_LOG.info("%s %s HTTP/%s %d %.1fms request_id=%s model=%s",
+                                method, _printable(path), scope.get("http_version", "1.1"),
+                                status, seconds * 1e3, request_id, info["model"])
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -230,14 +233,13 @@ class RestApp:
             return await asyncio.get_running_loop().run_in_executor(
                 None, gallery_route, self.core.state, path, scope.get("query_string", b""))
         match = _MODEL_PATH.match(path)
-        malformed = invalid_argument(f"Malformed request: {verb} {_printable(path)}")
         if match is None or verb not in ("GET", "POST"):
-            raise malformed
+            raise _malformed(verb, path)
         name, label, method = match["name"], match["label"], (match["method"] or "").lower()
         version = _version(match["version"])
         if verb == "GET":
             if method:
-                raise malformed
+                raise _malformed(verb, path)
             if match["metadata"]:
                 info["route"] = "metadata"
                 servable = self.core.resolve(name, version, label)
@@ -247,7 +249,7 @@ class RestApp:
             info["model"] = name if name in self.core.state.models else "unknown"
             return self.core.model_status(name, version, label)
         if match["metadata"] or method not in ("predict", "classify", "regress"):
-            raise malformed
+            raise _malformed(verb, path)
         info["route"] = method
         body = await self._read_body(headers, receive)
         doc = await self._parse(body)
@@ -313,6 +315,19 @@ class RestApp:
                 return b"".join(chunks)
 
 
+def _malformed(verb: str, path: str) -> ServingError:
+    return invalid_argument(f"Malformed request: {verb} {_printable(path)}")
+
+
+def _new_request_id() -> str:
+    """A fresh request id: exactly what ``uuid.uuid4().hex`` gives (32 hex digits, version 4,
+    RFC 4122 variant, 122 random bits), without building a UUID object on every request."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
 def _too_large(what: str, limit: int) -> _Answer:
     return _Answer(413, {"error": f"{what} the server's limit of {limit} bytes (--max_body_bytes); "
                                   "send fewer or smaller images per request."}, close=True)
@@ -369,10 +384,19 @@ class _RecordingConnection(h11.Connection):
 
 
 class _LingeringTransport:
-    """Wraps the socket transport so that closing while the client still sends becomes a
-    bounded "lingering close": FIN after our answer, then discard what arrives until the client
-    closes, ``linger_bytes`` are read or ``linger_s`` pass. Without it the kernel answers the
-    unread upload with a reset and the client never reads our 413."""
+    """Wraps the socket transport for two things uvicorn's h11 protocol does not do.
+
+    A bounded "lingering close": closing while the client still sends becomes FIN after our
+    answer, then discard what arrives until the client closes, ``linger_bytes`` are read or
+    ``linger_s`` pass. Without it the kernel answers the unread upload with a reset and the
+    client never reads our 413.
+
+    Coalesced writes: uvicorn writes a response's head, body and end as separate
+    ``transport.write`` calls, each a send() system call on an idle socket. Small writes are
+    held until the event loop's next iteration (or until ``close``, ``write_eof``, or
+    ``_COALESCE_BYTES`` are held) and leave as one; large ones are not copied or delayed.
+    The bytes and their order are unchanged.
+    """
 
     def __init__(self, transport, protocol: "GuardedH11Protocol"):
         self._transport = transport
@@ -380,14 +404,65 @@ class _LingeringTransport:
         self.lingering = False
         self.drained = 0
         self._timer = None
+        self._pending: list = []
+        self._pending_bytes = 0
+        self._flush_handle = None
 
     def __getattr__(self, name):
         return getattr(self._transport, name)
+
+    def write(self, data) -> None:
+        if (type(data) is not bytes or len(data) >= _COALESCE_BYTES or self.lingering
+                or self._transport.is_closing()):
+            # Large, mutable or too late to hold: the transport takes it now, as before.
+            self.flush()
+            self._transport.write(data)
+            return
+        if not data:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= _COALESCE_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._protocol.loop.call_soon(self.flush)
+
+    def writelines(self, lines) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Hands the held bytes to the transport (one write)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def discard_pending(self) -> None:
+        """Drops held bytes (the connection is gone; the transport would drop them too)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending, self._pending_bytes = [], 0
+
+    def get_write_buffer_size(self) -> int:
+        return self._pending_bytes + self._transport.get_write_buffer_size()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self.discard_pending()
+        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
     def close(self) -> None:
+        self.flush()
         if self.lingering or self._transport.is_closing():
             self._transport.close() if not self.lingering else None
             return
@@ -397,6 +472,7 @@ class _LingeringTransport:
             self._transport.close()
 
     def linger(self) -> None:
+        self.flush()
         self.lingering = True
         self._transport.resume_reading()
         self._transport.write_eof()
@@ -431,8 +507,8 @@ class GuardedH11Protocol(H11Protocol):
         return self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
 
     def connection_made(self, transport) -> None:
-        # Headers and body leave in separate writes: without TCP_NODELAY, Nagle holds the body
-        # until the client's delayed ACK (~40 ms on Linux) on every keep-alive response.
+        # A response can still leave in several writes (large bodies, streamed files): without
+        # TCP_NODELAY, Nagle holds the later ones until the client's delayed ACK (~40 ms).
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -452,6 +528,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()
+        if isinstance(self.transport, _LingeringTransport):
+            self.transport.discard_pending()
         if isinstance(self.transport, _LingeringTransport) and self.transport._timer is not None:
             self.transport._timer.cancel()
         super().connection_lost(exc)
@@ -514,7 +592,7 @@ class GuardedH11Protocol(H11Protocol):
     def _error_answer(self, status: int, text: str) -> None:
         payload = json.dumps({"error": text}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                   (b"connection", b"close"), (b"x-request-id", uuid.uuid4().hex.encode())]
+                   (b"connection", b"close"), (b"x-request-id", _new_request_id().encode())]
         try:
             self.transport.write(self.conn.send(h11.Response(
                 status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode())))

@@ -9,13 +9,14 @@ answer alike.
 from __future__ import annotations
 
 import abc
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
 
 from serving.errors import failed_precondition
-from serving.signature_defs import input_specs, signature_def_map_json
-from serving.tensor_json import PredictRequest, decode_inputs, encode_outputs
+from serving.signature_defs import input_specs as signature_input_specs, signature_def_map_json
+from serving.tensor_json import InputSpec, PredictRequest, decode_inputs, encode_outputs
 
 
 class Servable(abc.ABC):
@@ -25,7 +26,10 @@ class Servable(abc.ABC):
         name: the model name in URLs.
         version: the integer version in URLs and status answers.
 
-    Subclasses provide ``signature_defs`` and ``run``.
+    Subclasses provide ``signature_defs`` and ``run``. A servable is one immutable version: what
+    is derived from a signature (its input specs, its image inputs) is computed once per
+    servable object and signature (a reload to a new version builds a new servable, so it
+    starts with nothing cached).
     """
 
     def __init__(self, name: str, version: int):
@@ -49,8 +53,7 @@ class Servable(abc.ABC):
         signature = self.signature_defs.get(signature_name)
         if signature is None:
             return ()
-        return tuple(name for name, spec in input_specs(signature).items()
-                     if spec.is_string and name.endswith("image_bytes"))
+        return self._derived(signature_name, signature)[1]
 
     def signature(self, signature_name: str):
         signature = self.signature_defs.get(signature_name)
@@ -58,9 +61,33 @@ class Servable(abc.ABC):
             raise failed_precondition(f'Serving signature key "{signature_name}" not found.')
         return signature
 
+    def input_specs(self, signature_name: str) -> Mapping[str, InputSpec]:
+        """``{input_name: InputSpec}`` of a served signature (read-only, computed once).
+
+        Raises:
+            ServingError: FAILED_PRECONDITION when the signature is not served (as
+                :meth:`signature`).
+        """
+        return self._derived(signature_name, self.signature(signature_name))[0]
+
+    def _derived(self, signature_name: str, signature) -> tuple:
+        """(input specs, image input names) of ``signature``, cached on this servable.
+
+        The cache entry remembers the SignatureDef object it was computed from and is used only
+        while ``signature_defs`` still holds that very object.
+        """
+        cache = self.__dict__.setdefault("_signature_cache", {})
+        entry = cache.get(signature_name)
+        if entry is None or entry[0] is not signature:
+            specs = MappingProxyType(signature_input_specs(signature))
+            images = tuple(name for name, spec in specs.items()
+                           if spec.is_string and name.endswith("image_bytes"))
+            entry = cache[signature_name] = (signature, specs, images)
+        return entry[1], entry[2]
+
     def predict(self, request: PredictRequest) -> dict:
         """Answers a parsed ``:predict`` request with the TF Serving response body."""
-        specs = input_specs(self.signature(request.signature_name))
+        specs = self.input_specs(request.signature_name)
         inputs = decode_inputs(request, specs)
         outputs = self.run(request.signature_name, inputs, request.options)
         return encode_outputs(outputs, request.row_format)

@@ -21,6 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+try:  # the serving extra installs it; without it every response goes through json
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None
+
 # TF Serving's default signature is the one every export names serving_default.
 from dgml_tf.export.output_names import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from serving.errors import invalid_argument
@@ -317,6 +322,26 @@ def _map_nested(value: Any, fn) -> Any:
 
 
 def dumps(doc: Any) -> bytes:
-    """JSON-encodes a response; NaN and +/-Infinity are written as TF Serving writes them."""
+    """JSON-encodes a response; NaN and +/-Infinity are written as TF Serving writes them.
+
+    orjson writes the common answer (lists of ~1,000 floats) ~10x faster than ``json``, with the
+    same values (both print the shortest text that reads back as the same double). Its output is
+    used only when it is pure ASCII and holds no ``null``: orjson writes NaN/Infinity as
+    ``null``, and ``json`` escapes non-ASCII text, so anything else (and whatever orjson
+    refuses: non-str keys, ints past 64 bits, NumPy scalars) goes through ``json`` as before.
+
+    Example:
+        >>> dumps({"predictions": [[0.5, -0.0]]})
+        b'{"predictions":[[0.5,-0.0]]}'
+        >>> dumps({"predictions": [float("nan"), float("inf")]})
+        b'{"predictions":[NaN,Infinity]}'
+    """
+    if orjson is not None:
+        try:
+            fast = orjson.dumps(doc)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            fast = None
+        if fast is not None and fast.isascii() and b"null" not in fast:
+            return fast
     return json.dumps(doc, allow_nan=True, separators=(",", ":")).encode("utf-8")
 

@@ -271,3 +271,16 @@ def test_request_ids_access_log_and_metrics(server):
     assert 'dgml_serving_requests_total{code="OK",model="dgml",signature="serving_default",version="1"}' in text
     assert "dgml_serving_queue_depth 0.0" in text
     assert "dgml_serving_request_latency_seconds_bucket" in text
+
+
+def test_unknown_signature_names_do_not_grow_the_metrics(server):
+    image = b64(rgb_png(Image.fromarray(class_image(0, 3))))
+    for i in range(20):
+        status, doc = http(server.url + "/v1/models/dgml:predict", "POST",
+                           {"signature_name": f"made-up-{i}", "instances": [image]})
+        assert status == 400 and f"made-up-{i}" in doc["error"]
+    with urllib.request.urlopen(server.url + "/monitoring/prometheus/metrics", timeout=60) as response:
+        text = response.read().decode()
+    # The errors are counted, but under no label a client invented.
+    assert "made-up-" not in text
+    assert 'code="FAILED_PRECONDITION"' in text
