@@ -512,17 +512,16 @@ def render_table(args, machine, versions, results, torch_results, flops, peaks) 
     return "\n".join(lines)
 
 
-def _merge_rounds(results: list, new: list) -> None:
-    """Appends each new result's timed blocks to the same variant's earlier result (rounds
+def _pooled(earlier: Optional[dict], result: dict) -> dict:
+    """``result``'s timed blocks appended to the same variant's earlier result (rounds
     interleave the variants in time, so slow phases of a shared machine hit them alike)."""
-    for result in new:
-        earlier = next((r for r in results if r.get("variant") == result.get("variant")), None)
-        if earlier is None:
-            results.append(result)
-        elif "images_per_s" in earlier and "images_per_s" in result:
-            earlier["images_per_s"] = list(earlier["images_per_s"]) + list(result["images_per_s"])
-        elif "error" in result:
-            earlier.setdefault("error", result["error"])
+    if earlier is None:
+        return result
+    if "images_per_s" in earlier and "images_per_s" in result:
+        earlier["images_per_s"] = list(earlier["images_per_s"]) + list(result["images_per_s"])
+    elif "error" in result:
+        earlier.setdefault("error", result["error"])
+    return earlier
 
 
 def _run_variants(args, variants: list, log) -> list:
@@ -553,7 +552,6 @@ def _run_torch(args, precisions: list, log, round_index: int) -> dict:
              "--precision", precision, *(["--count_flops"] if count_flops else [])],
             dict(os.environ), args.timeout,
         )
-        out[precision].setdefault("variant", f"torch-{precision}")
         log(f"  {out[precision]}")
     return out
 
@@ -582,18 +580,18 @@ def run_benchmark(args) -> str:
         log("FLOP count of the train step")
         flops = run_subprocess(worker_command(args, "flops"), variant_environment(()), timeout)
         log(f"  {flops}")
-    results, torch_results = [], {}
+    by_variant, torch_results = {}, {}
     for round_index in range(args.rounds):
         if args.rounds > 1:
             log(f"round {round_index + 1} of {args.rounds}")
-        _merge_rounds(results, _run_variants(args, variants, log))
+        for result in _run_variants(args, variants, log):
+            by_variant[result["variant"]] = _pooled(by_variant.get(result["variant"]), result)
         if not args.skip_torch:
-            precisions = ["fp32"] + (["bf16"] if any(_precision(r) == "bf16" for r in results)
+            precisions = ["fp32"] + (["bf16"] if any(_precision(v) == "bf16" for v in variants)
                                      else [])
             for precision, result in _run_torch(args, precisions, log, round_index).items():
-                merged = [torch_results.get(precision)] if precision in torch_results else []
-                _merge_rounds(merged, [result])
-                torch_results[precision] = merged[0]
+                torch_results[precision] = _pooled(torch_results.get(precision), result)
+    results = list(by_variant.values())
     return render_table(args, machine, versions, results, torch_results, flops, peaks)
 
 

@@ -33,10 +33,10 @@ import dataclasses
 import hmac
 import json
 import logging
-import os
 import re
 import socket
 import time
+import uuid
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Optional
@@ -59,8 +59,6 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 EXPLORER_DIR = Path(__file__).resolve().parent / "explorer"
 # Bodies at least this large are parsed off the event loop.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-# Transport writes smaller than this are coalesced (see _LingeringTransport).
-_COALESCE_BYTES = 64 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -127,7 +125,7 @@ class RestApp:
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else _new_request_id()
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         method, path = scope["method"], scope["path"]
         info = {"route": "other", "model": "-"}
         status = 500
@@ -319,15 +317,6 @@ def _malformed(verb: str, path: str) -> ServingError:
     return invalid_argument(f"Malformed request: {verb} {_printable(path)}")
 
 
-def _new_request_id() -> str:
-    """A fresh request id: exactly what ``uuid.uuid4().hex`` gives (32 hex digits, version 4,
-    RFC 4122 variant, 122 random bits), without building a UUID object on every request."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
-
-
 def _too_large(what: str, limit: int) -> _Answer:
     return _Answer(413, {"error": f"{what} the server's limit of {limit} bytes (--max_body_bytes); "
                                   "send fewer or smaller images per request."}, close=True)
@@ -384,19 +373,10 @@ class _RecordingConnection(h11.Connection):
 
 
 class _LingeringTransport:
-    """Wraps the socket transport for two things uvicorn's h11 protocol does not do.
-
-    A bounded "lingering close": closing while the client still sends becomes FIN after our
-    answer, then discard what arrives until the client closes, ``linger_bytes`` are read or
-    ``linger_s`` pass. Without it the kernel answers the unread upload with a reset and the
-    client never reads our 413.
-
-    Coalesced writes: uvicorn writes a response's head, body and end as separate
-    ``transport.write`` calls, each a send() system call on an idle socket. Small writes are
-    held until the event loop's next iteration (or until ``close``, ``write_eof``, or
-    ``_COALESCE_BYTES`` are held) and leave as one; large ones are not copied or delayed.
-    The bytes and their order are unchanged.
-    """
+    """Wraps the socket transport so that closing while the client still sends becomes a
+    bounded "lingering close": FIN after our answer, then discard what arrives until the client
+    closes, ``linger_bytes`` are read or ``linger_s`` pass. Without it the kernel answers the
+    unread upload with a reset and the client never reads our 413."""
 
     def __init__(self, transport, protocol: "GuardedH11Protocol"):
         self._transport = transport
@@ -404,65 +384,14 @@ class _LingeringTransport:
         self.lingering = False
         self.drained = 0
         self._timer = None
-        self._pending: list = []
-        self._pending_bytes = 0
-        self._flush_handle = None
 
     def __getattr__(self, name):
         return getattr(self._transport, name)
-
-    def write(self, data) -> None:
-        if (type(data) is not bytes or len(data) >= _COALESCE_BYTES or self.lingering
-                or self._transport.is_closing()):
-            # Large, mutable or too late to hold: the transport takes it now, as before.
-            self.flush()
-            self._transport.write(data)
-            return
-        if not data:
-            return
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= _COALESCE_BYTES:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._protocol.loop.call_soon(self.flush)
-
-    def writelines(self, lines) -> None:
-        for data in lines:
-            self.write(data)
-
-    def flush(self) -> None:
-        """Hands the held bytes to the transport (one write)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._pending:
-            pending, self._pending, self._pending_bytes = self._pending, [], 0
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def discard_pending(self) -> None:
-        """Drops held bytes (the connection is gone; the transport would drop them too)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._pending, self._pending_bytes = [], 0
-
-    def get_write_buffer_size(self) -> int:
-        return self._pending_bytes + self._transport.get_write_buffer_size()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def abort(self) -> None:
-        self.discard_pending()
-        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
     def close(self) -> None:
-        self.flush()
         if self.lingering or self._transport.is_closing():
             self._transport.close() if not self.lingering else None
             return
@@ -472,7 +401,6 @@ class _LingeringTransport:
             self._transport.close()
 
     def linger(self) -> None:
-        self.flush()
         self.lingering = True
         self._transport.resume_reading()
         self._transport.write_eof()
@@ -507,8 +435,8 @@ class GuardedH11Protocol(H11Protocol):
         return self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
 
     def connection_made(self, transport) -> None:
-        # A response can still leave in several writes (large bodies, streamed files): without
-        # TCP_NODELAY, Nagle holds the later ones until the client's delayed ACK (~40 ms).
+        # Headers and body leave in separate writes: without TCP_NODELAY, Nagle holds the body
+        # until the client's delayed ACK (~40 ms on Linux) on every keep-alive response.
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -528,8 +456,6 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()
-        if isinstance(self.transport, _LingeringTransport):
-            self.transport.discard_pending()
         if isinstance(self.transport, _LingeringTransport) and self.transport._timer is not None:
             self.transport._timer.cancel()
         super().connection_lost(exc)
@@ -592,7 +518,7 @@ class GuardedH11Protocol(H11Protocol):
     def _error_answer(self, status: int, text: str) -> None:
         payload = json.dumps({"error": text}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                   (b"connection", b"close"), (b"x-request-id", _new_request_id().encode())]
+                   (b"connection", b"close"), (b"x-request-id", uuid.uuid4().hex.encode())]
         try:
             self.transport.write(self.conn.send(h11.Response(
                 status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode())))

@@ -14,6 +14,7 @@ import keras
 from dgml_tf.layers.pixel_normalization import PixelNormalization
 from dgml_tf.models.conv_frozen_batch_norm import fold_frozen_batch_norm
 from dgml_tf.models.frozen_batch_norm import freeze_batch_norm_statistics
+from dgml_tf.models.layer_walk import flat_layers
 
 BackboneBuilder = Callable[[Sequence[int], object, bool, "str | None"], keras.Model]
 _BACKBONES: dict[str, BackboneBuilder] = {}
@@ -102,19 +103,10 @@ def get_backbone(
     return network
 
 
-def _flat_layers(model: keras.Model):
-    """Every layer of ``model`` in topological order, descending into nested models."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
-
-
 def _feature_map_layer_names(model: keras.Model, last: int = 30) -> str:
     """The names of the layers with a 4-D output, for error messages (the last ``last``)."""
     names = []
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         output = getattr(layer, "output", None)
         if output is not None and len(output.shape) == 4:
             names.append(layer.name)
@@ -131,7 +123,7 @@ def freeze_layers_before(model: keras.Model, layer_name: str) -> keras.Model:
     Raises:
         ValueError: no layer of that name; the message lists the feature-map layers.
     """
-    layers = list(_flat_layers(model))
+    layers = list(flat_layers(model))
     names = [layer.name for layer in layers]
     if layer_name not in names:
         raise ValueError(

@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from dgml_tf.models.frozen_batch_norm import FrozenBatchNormalization
+from dgml_tf.models.layer_walk import flat_layers
 
 
 @keras.saving.register_keras_serializable(package="dgml_tf")
@@ -139,17 +140,13 @@ def _foldable(conv, batch_norm) -> bool:
 
 def _foldable_pairs(model: keras.Model) -> dict:
     """``{id(conv): batch_norm}`` for every foldable pair, nested models included."""
-    pairs, stack = {}, [model]
-    while stack:
-        current = stack.pop()
-        for layer in current.layers:
-            if isinstance(layer, keras.Model):
-                stack.append(layer)
-            elif type(layer) is FrozenBatchNormalization and len(layer._inbound_nodes) == 1:
-                source = layer._inbound_nodes[0].input_tensors
-                producer = source[0]._keras_history.operation if len(source) == 1 else None
-                if producer is not None and _foldable(producer, layer):
-                    pairs[id(producer)] = layer
+    pairs = {}
+    for layer in flat_layers(model):
+        if type(layer) is FrozenBatchNormalization and len(layer._inbound_nodes) == 1:
+            source = layer._inbound_nodes[0].input_tensors
+            producer = source[0]._keras_history.operation if len(source) == 1 else None
+            if producer is not None and _foldable(producer, layer):
+                pairs[id(producer)] = layer
     return pairs
 
 
@@ -200,11 +197,4 @@ def fold_frozen_batch_norm(model: keras.Model) -> keras.Model:
 
 def folded_pair_count(model: keras.Model) -> int:
     """How many :class:`ConvFrozenBatchNorm` layers ``model`` holds (nested models included)."""
-    count, stack = 0, [model]
-    while stack:
-        current = stack.pop()
-        for layer in current.layers:
-            if isinstance(layer, keras.Model):
-                stack.append(layer)
-            count += isinstance(layer, ConvFrozenBatchNorm)
-    return count
+    return sum(isinstance(layer, ConvFrozenBatchNorm) for layer in flat_layers(model))

@@ -7,6 +7,7 @@ import keras
 from dgml_tf.layers.attentive_grouping import AttentiveGrouping
 from dgml_tf.layers.conventional_grouping_head import ConventionalGroupingHead
 from dgml_tf.layers.single_embedding_head import SingleEmbeddingHead
+from dgml_tf.models.layer_walk import flat_layers
 from dgml_tf.models.names import PARAMETER_GROUP_NAMES
 
 
@@ -26,7 +27,7 @@ def parameter_groups(model: keras.Model) -> dict[str, list]:
         Every trainable variable appears exactly once, in ``model.trainable_variables`` order.
     """
     role_by_id: dict[int, str] = {}
-    for layer in _all_layers(model):
+    for layer in flat_layers(model):
         if isinstance(layer, AttentiveGrouping):
             role_by_id[id(layer.queries)] = "queries"
             for variable in (layer.key_kernel, layer.value_kernel,
@@ -39,17 +40,3 @@ def parameter_groups(model: keras.Model) -> dict[str, list]:
     for variable in model.trainable_variables:
         groups[role_by_id.get(id(variable), "backbone")].append(variable)
     return groups
-
-
-def _all_layers(layer):
-    # Nested models (the backbone) are layers with their own `.layers`.
-    stack = [layer]
-    seen = set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if isinstance(current, keras.Model):
-            stack.extend(current.layers)
