@@ -11,15 +11,19 @@ table pools the rounds' latencies. Measuring one mode after the other instead le
 of this shared VM (+-30% over minutes) decide the ratio. Client and server share this machine's
 cores, so the numbers are an upper bound on what the service alone costs.
 
-Prints the table (p50/p99 ms, req/s, and the on/off ratios side by side) with the CPU flags.
+Prints the table (p50/p99 ms, req/s, and the on/off ratios side by side) with the CPU flags,
+and each cell's CPU time per request of the server process and of this client process (from
+/proc and ``time.process_time``): with both on the same saturated cores, batching can raise req/s
+only by about the factor it cuts the total CPU per request.
 Goal (issue 14): at concurrency 8, batching on has p99 <= 0.5x and throughput >= 2x of off.
 
 Usage:
     python bench/rest_latency.py [--requests 400] [--max_seconds 60] [--gallery 256]
-        [--concurrency 8 32] [--rounds 4] [--grpc]
+        [--concurrency 8 32] [--rounds 4] [--grpc] [--server_flag=--FLAG=VALUE ...]
 
 ``--grpc`` also sends the same cells over TF Serving's gRPC API (``--grpc_port``) and prints a
-REST vs gRPC table.
+REST vs gRPC table. ``--server_flag`` (repeatable) passes a flag to both servers, e.g.
+``--server_flag=--tensorflow_intra_op_parallelism=1``.
 """
 
 from __future__ import annotations
@@ -125,9 +129,31 @@ def _stats(ms: np.ndarray, errors: int, wall: float) -> dict:
 
 
 def pool(parts: list) -> dict:
-    """One cell's statistics from its rounds: latencies pooled, req/s = requests / total time."""
-    return _stats(np.concatenate([p["ms"] for p in parts]), sum(p["errors"] for p in parts),
-                  sum(p["wall"] for p in parts))
+    """One cell's statistics from its rounds: latencies pooled, req/s = requests / total time,
+    CPU seconds summed."""
+    stats = _stats(np.concatenate([p["ms"] for p in parts]), sum(p["errors"] for p in parts),
+                   sum(p["wall"] for p in parts))
+    for key in ("server_cpu", "client_cpu"):
+        if all(key in p for p in parts):
+            stats[key] = sum(p[key] for p in parts)
+    return stats
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads; /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(run, server_pid: int) -> dict:
+    """``run()``'s stats plus the CPU seconds the server and this client process spent in it:
+    with the cores saturated, req/s can only grow by as much as CPU per request shrinks."""
+    server, client = process_cpu_seconds(server_pid), time.process_time()
+    stats = run()
+    stats["server_cpu"] = process_cpu_seconds(server_pid) - server
+    stats["client_cpu"] = time.process_time() - client
+    return stats
 
 
 def interleaved(run, modes, rounds: int) -> dict:
@@ -225,6 +251,31 @@ def grpc_table(results: dict, endpoints, concurrency_levels) -> list:
     return lines
 
 
+def rest_table(args, results: dict, endpoints) -> list:
+    """The batching off/on table (Markdown lines)."""
+    lines = [f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
+             f"{os.cpu_count()} CPU cores shared by client and server, batching off and on "
+             f"interleaved in {args.rounds} rounds per cell"
+             + (f", server flags {' '.join(args.server_flag)}" if args.server_flag else "")
+             + f"; {cpu_note()}",
+             "", "| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
+             "p99 on/off | req/s on/off | CPU ms/req server + client | CPU/req off/on |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in endpoints:
+        for concurrency in args.concurrency:
+            off, on = results[(name, concurrency, "off")], results[(name, concurrency, "on")]
+            cpu = {mode: (1e3 * s["server_cpu"] / max(s["n"], 1), 1e3 * s["client_cpu"] / max(s["n"], 1))
+                   for mode, s in (("off", off), ("on", on))}
+            for mode, s in (("off", off), ("on", on)):
+                ratios = (f"{on['p99'] / off['p99']:.2f}x | {on['rps'] / off['rps']:.2f}x"
+                          if mode == "on" else " | ")
+                cpu_ratio = f"{sum(cpu['off']) / sum(cpu['on']):.2f}x" if mode == "on" else ""
+                lines.append(f"| {name} | {concurrency} | {mode} | {s['n']} | {s['errors']} | "
+                             f"{s['p50']:.1f} | {s['p99']:.1f} | {s['rps']:.1f} | {ratios} | "
+                             f"{cpu[mode][0]:.2f} + {cpu[mode][1]:.2f} | {cpu_ratio} |")
+    return lines
+
+
 MODES = ("off", "on")
 
 
@@ -236,9 +287,10 @@ def measure(args, servers: dict, endpoints: dict, images: list) -> dict:
         for mode in MODES:  # warm-up (graph tracing, caches)
             run_cell(servers[mode][1], path, bodies, 8, 40, 30)
         for concurrency in args.concurrency:
-            cells = interleaved(lambda mode, path=path, bodies=bodies, c=concurrency: run_cell(
-                servers[mode][1], path, bodies, c, per_round,
-                args.max_seconds / args.rounds), MODES, args.rounds)
+            cells = interleaved(lambda mode, path=path, bodies=bodies, c=concurrency: with_cpu(
+                lambda: run_cell(servers[mode][1], path, bodies, c, per_round,
+                                 args.max_seconds / args.rounds), servers[mode][0].pid),
+                MODES, args.rounds)
             results.update({(name, concurrency, mode): cells[mode] for mode in MODES})
     if args.grpc:  # the same images and cells over gRPC
         for name, k in (("dgml:predict (embed)", None), ("dgml_retrieval:predict k=10", 10)):
@@ -266,6 +318,9 @@ def main(argv=None) -> int:
                              "and on alternating (both servers run throughout)")
     parser.add_argument("--grpc", action="store_true",
                         help="also send the same cells over gRPC (a REST vs gRPC table)")
+    parser.add_argument("--server_flag", action="append", default=[],
+                        help="a flag for both servers (repeatable), e.g. "
+                             "--server_flag=--tensorflow_intra_op_parallelism=1")
     parser.add_argument("--write_docs", action="store_true",
                         help="also refresh the tables in docs/benchmarks.md (bench/doc_tables.py)")
     args = parser.parse_args(argv)
@@ -289,7 +344,8 @@ def main(argv=None) -> int:
                                             [json.dumps({"instances": [b], "k": 10}).encode() for b in b64]),
         }
         common = [f"--model_base_path={tmp / 'models' / 'dgml'}", "--model_name=dgml",
-                  f"--index_dir={tmp / 'index'}", "--host=127.0.0.1", "--log_level=WARNING"]
+                  f"--index_dir={tmp / 'index'}", "--host=127.0.0.1", "--log_level=WARNING",
+                  *args.server_flag]
         servers = {}
         try:
             # Both servers run for the whole measurement (an idle one costs no CPU), and their
@@ -307,20 +363,7 @@ def main(argv=None) -> int:
             for process, _, _ in servers.values():
                 process.wait(timeout=120)
 
-    lines = [f"REST latency, 1 image/request, gallery {args.gallery} (ScaNN), small_cnn 32 px, "
-             f"{os.cpu_count()} CPU cores shared by client and server, batching off and on "
-             f"interleaved in {args.rounds} rounds per cell; {cpu_note()}",
-             "", "| endpoint | clients | batching | requests | errors | p50 ms | p99 ms | req/s | "
-             "p99 on/off | req/s on/off |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in endpoints:
-        for concurrency in args.concurrency:
-            off, on = results[(name, concurrency, "off")], results[(name, concurrency, "on")]
-            for mode, s in (("off", off), ("on", on)):
-                ratios = (f"{on['p99'] / off['p99']:.2f}x | {on['rps'] / off['rps']:.2f}x"
-                          if mode == "on" else " | ")
-                lines.append(f"| {name} | {concurrency} | {mode} | {s['n']} | {s['errors']} | "
-                             f"{s['p50']:.1f} | {s['p99']:.1f} | {s['rps']:.1f} | {ratios} |")
+    lines = rest_table(args, results, endpoints)
     print("\n".join(lines))
     tables = {"rest_latency": "\n".join(lines)}
     if args.grpc:

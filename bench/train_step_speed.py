@@ -9,7 +9,9 @@ grouped optimizer with the CUB recipe (per-group Adam rates, coupled L2), throug
 ``model.train_function`` (what ``fit`` runs). Against it: ``bench/torch_reference_step.py``, the
 same architecture and losses in PyTorch (torchvision ResNet50), run in the separate venv
 ``.venv-torch`` (``bench/setup_torch_venv.sh``). Same batch (``--batch`` images = batch/2
-classes x 2), resolution, and thread count (``--threads`` intra-op, 1 inter-op).
+classes x 2), resolution, and intra-op thread count (``--threads``). Inter-op threads are
+TensorFlow's default, as the training CLI runs them (independent ops of the step graph may run at
+once); PyTorch's eager autograd runs its ops one after another.
 
 Every measurement runs in its own subprocess (TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` at import
 time), each one warms up (XLA compiles, tf.data fills its buffer) and then times ``--repeats``
@@ -32,6 +34,8 @@ Variants (``--variants``, comma separated; combine options with ``+``, e.g. ``no
   bf16/fp16 arithmetic emulate it: expected slower; reported as measured). A ``bf16`` variant is
   compared with the PyTorch reference under ``torch.autocast(dtype=torch.bfloat16)`` (like for
   like), the others with PyTorch in float32;
+* ``inter1``: one inter-op thread (the step graph's ops one at a time, as PyTorch's eager
+  execution runs them; what this bench pinned for every variant until 2026-12-01);
 * ``pipeline``: batches from ``pipelines.make_train_dataset`` (JPEG decode of the crop window,
   random resized crop, flip, prefetch) on generated 500x375 JPEGs instead of an in-memory tensor.
 
@@ -68,7 +72,7 @@ REPO = os.path.dirname(HERE)
 TORCH_PYTHON = os.path.join(REPO, ".venv-torch", "bin", "python")
 RESULT_MARKER = "RESULT_JSON "
 OPTIONS = ("onednn", "noonednn", "tfdefault", "det", "nodet", "xla", "bf16", "fp16", "pipeline",
-           "nofold")
+           "nofold", "inter1")
 DEFAULT_VARIANTS = "default,nodet,tfdefault,bf16"
 # The authors' CUB recipe (method.md); the rates do not change the speed, the ops they imply do.
 RECIPE_FLAGFILE = "cub.flags"
@@ -118,11 +122,14 @@ def variant_environment(options: tuple) -> dict:
 
 
 # ------------------------------------------------------------------------------- workers
-def _import_tensorflow(threads: int):
+def _import_tensorflow(threads: int, inter_op: Optional[int] = None):
+    """TensorFlow with ``threads`` intra-op threads; inter-op threads stay TensorFlow's default
+    (what ``python -m dgml_tf.train`` runs) unless ``inter_op`` is given."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if inter_op is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     return tf
 
 
@@ -165,7 +172,7 @@ def _time_blocks(run_step, steps: int, repeats: int, batch: int) -> list:
 
 def variant_worker(args) -> dict:
     options = parse_variant(args.variant)
-    tf = _import_tensorflow(args.threads)
+    tf = _import_tensorflow(args.threads, inter_op=1 if "inter1" in options else None)
     import keras
     import numpy as np
 
@@ -387,7 +394,9 @@ def _table_header(args, machine, versions) -> list:
         f"Keras {versions.get('keras')}, PyTorch {versions.get('torch', 'n/a')}, "
         f"torchvision {versions.get('torchvision', 'n/a')}.",
         f"Batch {args.batch} ({args.batch // 2} classes x 2), {args.image_size} px, "
-        f"{args.threads} intra-op thread(s) / 1 inter-op, {args.warmup} warm-up step(s), "
+        f"{args.threads} intra-op thread(s) (inter-op: TensorFlow's default, as the training CLI; "
+        "1 in inter1 variants), "
+        f"{args.warmup} warm-up step(s), "
         f"{args.repeats} repeats x {args.steps} step(s)"
         + (f" in each of {args.rounds} rounds (every variant and PyTorch once per round, "
            "alternating; blocks pooled)" if args.rounds > 1 else "")

@@ -108,6 +108,12 @@ def define_flags(values: absl_flags.FlagValues) -> None:
                    f"Default {_DEFAULT_BATCHING.max_enqueued_batches}.")
     define_integer("num_batch_threads", None, "Model threads (default: the CPU count, at least "
                    "2).")
+    # TensorFlow's thread pools (TF Serving's flags; 0: TensorFlow picks, one per core)
+    define_integer("tensorflow_intra_op_parallelism", 0, "Threads one op may use (0: "
+                   "TensorFlow's default). 1 with --num_batch_threads=<cores> spends the least "
+                   "CPU per request (docs/serving.md).")
+    define_integer("tensorflow_inter_op_parallelism", 0, "Ops of one model call run at once (0: "
+                   "TensorFlow's default).")
     define_string("log_level", "INFO", "Python logging level of the server's log.")
 
 
@@ -231,6 +237,23 @@ def _start_grpc(args: absl_flags.FlagValues, core: ServingCore):
     return grpc_server
 
 
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Sets TensorFlow's thread pools before any model loads; 0 leaves TensorFlow's choice (and
+    does not import TensorFlow, which a server of ``--embedder_url`` never needs)."""
+    for name, value in (("tensorflow_intra_op_parallelism", intra_op),
+                        ("tensorflow_inter_op_parallelism", inter_op)):
+        if value < 0:
+            raise ValueError(f"--{name} must be >= 0 (0: TensorFlow's default), got {value}.")
+    if not (intra_op or inter_op):
+        return
+    import tensorflow as tf
+
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the server until SIGTERM/SIGINT; the exit code (2: it could not start).
 
@@ -248,6 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         core_config = core_config_from_args(args)
+        configure_tensorflow_threads(args.tensorflow_intra_op_parallelism,
+                                     args.tensorflow_inter_op_parallelism)
         loader = loader_from_args(args)
         registry = ModelRegistry(loader.build, loader.build(None))
         listener = socket.create_server((args.host, args.port), reuse_port=False, backlog=2048)

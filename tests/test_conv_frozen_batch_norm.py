@@ -15,6 +15,7 @@ from dgml_tf.models import (
     FoldedBatchNormalization,
     FrozenBatchNormalization,
     build_embedding_model,
+    fold_batch_norm_for_inference,
     fold_frozen_batch_norm,
     get_backbone,
 )
@@ -280,3 +281,77 @@ def test_folded_model_exports_to_savedmodel_and_onnx_like_the_unfolded_one(tmp_p
     onnx_out = dgml_export.run_onnx(dgml_export.export_onnx(version_dir, tmp_path / "m.onnx"),
                                     images)["embedding"]
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4)
+
+
+def _inference_outputs(model, x):
+    return [np.asarray(o) for o in keras.tree.flatten(model(x, training=False))]
+
+
+@pytest.mark.parametrize("trained_fold", [False, True])
+def test_inference_fold_is_the_models_inference_function_with_plain_convolutions(trained_fold):
+    # Trainable BatchNorms (the main job) and a training fold (ConvFrozenBatchNorm) alike end
+    # as plain biased Conv2Ds; the expectation is Keras' own model at training=False.
+    kwargs = dict(head="attentive", num_groups=2, embedding_dim=8, reduction=4)
+    keras.utils.set_random_seed(11)
+    plain_bn = build_embedding_model("small_cnn", (32, 32, 3), freeze_batch_norm=False, **kwargs)
+    _randomise_batch_norms(plain_bn, seed=12)
+    model = plain_bn
+    if trained_fold:
+        model = build_embedding_model("small_cnn", (32, 32, 3), freeze_batch_norm=True,
+                                      fold_batch_norm=True, **kwargs)
+        model.set_weights(plain_bn.get_weights())  # the same values, in the folded layers
+    served = fold_batch_norm_for_inference(model)
+    layers = list(_all_layers(served))
+    assert not any(isinstance(l, (keras.layers.BatchNormalization, ConvFrozenBatchNorm))
+                   for l in layers)
+    convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == 6 and all(type(l) is keras.layers.Conv2D and l.use_bias for l in convs)
+    assert sum(isinstance(l, FoldedBatchNormalization) for l in layers) == 6
+    x = _images(3, (32, 32, 3), seed=13)
+    for actual, expected in zip(_inference_outputs(served, x), _inference_outputs(plain_bn, x)):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4,
+                                   atol=1e-4 * (1 + np.abs(expected).max()))
+    # The model it came from is untouched and still trains its BatchNorm statistics.
+    assert any(type(l) is keras.layers.BatchNormalization for l in _all_layers(plain_bn))
+
+
+def test_inference_fold_of_resnet50_removes_every_batch_norm():
+    model = get_backbone("resnet50", (64, 64, 3), freeze_batch_norm=False)
+    _randomise_batch_norms(model, seed=14)
+    served = fold_batch_norm_for_inference(model)
+    layers = list(_all_layers(served))
+    assert sum(isinstance(l, FoldedBatchNormalization) for l in layers) == 53
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in layers)
+    x = _images(2, (64, 64, 3), seed=15)
+    expected, actual = model(x, training=False).numpy(), served(x, training=False).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_inference_fold_without_batch_norms_returns_the_model_itself():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
+    assert fold_batch_norm_for_inference(model) is model
+
+
+def test_export_serves_the_folded_model_and_records_it(tmp_path):
+    import dgml_tf.export as dgml_export
+    from dgml_tf.export.metadata import read_export_metadata
+
+    keras.utils.set_random_seed(16)
+    model = build_embedding_model("small_cnn", (32, 32, 3), head="attentive", num_groups=2,
+                                  embedding_dim=8, reduction=4, freeze_batch_norm=False)
+    _randomise_batch_norms(model, seed=17)
+    images = _images(3, (32, 32, 3), seed=18)
+    expected = model(images, training=False)["embedding"].numpy()
+    counts = {}
+    for fold in (True, False):
+        version_dir = dgml_export.export_for_serving(
+            model, tmp_path / f"fold_{fold}", "dgml", image_size=(32, 32), resize_size=32,
+            fold_batch_norm=fold)
+        loaded = tf.saved_model.load(str(version_dir))
+        served = loaded.signatures["embed_pixels"](images=tf.constant(images))
+        np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-4)
+        metadata = read_export_metadata(version_dir)
+        counts[fold] = (metadata["batch_norm_folded"],
+                        sum("moving_mean" in v.name for v in loaded.variables))
+    assert counts == {True: (6, 0), False: (0, 6)}

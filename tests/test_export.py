@@ -501,3 +501,27 @@ def test_gif_block_walk_follows_any_sub_block_layout(exported):
     big_frame[descriptors[1] + 5:descriptors[1] + 9] = struct.pack("<HH", 3000, 3000)
     with pytest.raises(tf.errors.InvalidArgumentError, match="3000 x 3000 pixels"):
         embed_bytes(path, [bytes(big_frame)])
+
+
+def test_cli_fold_flag_folds_the_batch_norms_or_keeps_them(tmp_path):
+    from dgml_tf.models import build_embedding_model
+
+    keras.utils.set_random_seed(3)
+    model = build_embedding_model("small_cnn", (SIZE, SIZE, 3), head="attentive", num_groups=2,
+                                  embedding_dim=8, reduction=4, freeze_batch_norm=False)
+    model.save(tmp_path / "model.keras")
+    images = np.stack([numpy_eval_preprocess(g) for g in fashion_mnist_images(2)])
+    expected = np.asarray(model(images, training=False)["embedding"])
+    for flag, version, folded in (("--fold_batch_norm", 1, 6), ("--nofold_batch_norm", 2, 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            dgml_export.run(["export", f"--keras_model={tmp_path / 'model.keras'}",
+                             f"--base_dir={tmp_path / 'exports'}", f"--image_size={SIZE}",
+                             f"--version={version}", flag])
+        assert exit_info.value.code == 0
+        version_dir = tmp_path / "exports" / "dgml" / str(version)
+        meta = json.loads((version_dir / "assets" / names.METADATA_FILE).read_text())
+        assert meta["batch_norm_folded"] == folded
+        loaded = tf.saved_model.load(str(version_dir))
+        assert sum("moving_mean" in v.name for v in loaded.variables) == 6 - folded
+        got = loaded.signatures["embed_pixels"](images=tf.constant(images))["embedding"]
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)

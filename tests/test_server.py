@@ -431,3 +431,30 @@ def test_remote_embedder_mode_matches_local(server, assets, tmp_path):
         ServingStateLoader([], index_dir=str(assets["root"] / "index_v1"), retrieval_for="dgml",
                            embedder_url=server.url + "/v1/models/dgml",
                            embedder_base_path=str(assets["base"])).build(None)
+
+
+def test_tensorflow_thread_flags_set_the_pools_before_any_model_loads():
+    import os
+    import subprocess
+    import sys
+
+    # A fresh interpreter: TensorFlow's pools can only be sized before its runtime starts.
+    probe = ("import sys; from serving import server; server.configure_tensorflow_threads(0, 0); "
+             "untouched = 'tensorflow' not in sys.modules; "
+             "server.configure_tensorflow_threads(1, 3); import tensorflow as tf; "
+             "print(untouched, tf.config.threading.get_intra_op_parallelism_threads(), "
+             "tf.config.threading.get_inter_op_parallelism_threads())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "1", "3"]
+
+
+def test_negative_thread_flag_is_refused_at_start(capsys):
+    from serving import server as server_cli
+
+    code = server_cli.main(["--model_base_path=/nonexistent", "--model_name=dgml",
+                            "--tensorflow_inter_op_parallelism=-2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "--tensorflow_inter_op_parallelism must be >= 0" in err

@@ -45,6 +45,9 @@ def _define_flags(flag_values) -> None:
     define_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "serving_default refuses images "
                    "with more pixels than this (read from the header, before decoding; all GIF "
                    "frames counted) with INVALID_ARGUMENT. Default 4096*4096.")
+    define_boolean("fold_batch_norm", True, "Serve each BatchNorm after a linear Conv2D folded "
+                   "into it (same outputs, checked at export; --nofold_batch_norm keeps them "
+                   "apart).")
     define_list("labels", [], "Version labels for models.config, e.g. stable=3,canary=4.")
 
 
@@ -69,6 +72,7 @@ def main(argv: Sequence[str], FLAGS) -> int:  # noqa: N803 (absl's naming)
         image_size=as_pair([int(s) for s in FLAGS.image_size]),
         resize_size=FLAGS.resize_size,
         max_image_pixels=FLAGS.max_image_pixels,
+        fold_batch_norm=FLAGS.fold_batch_norm,
     )
     print(f"SavedModel: {result.version_dir}  fingerprint {result.fingerprint}")
     if result.onnx_path is not None:

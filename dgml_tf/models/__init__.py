@@ -15,6 +15,7 @@ _EXPORTS = {
     "ConvFrozenBatchNorm": "dgml_tf.models.conv_frozen_batch_norm",
     "FoldedBatchNormalization": "dgml_tf.models.conv_frozen_batch_norm",
     "fold_frozen_batch_norm": "dgml_tf.models.conv_frozen_batch_norm",
+    "fold_batch_norm_for_inference": "dgml_tf.models.conv_frozen_batch_norm",
     "BACKBONES": "dgml_tf.models.names",
     "HEADS": "dgml_tf.models.names",
     "PARAMETER_GROUP_NAMES": "dgml_tf.models.names",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from dgml_tf.models.frozen_batch_norm import FrozenBatchNormalization
+from dgml_tf.models.frozen_batch_norm import (FrozenBatchNormalization,
+                                              freeze_batch_norm_statistics)
 from dgml_tf.models.layer_walk import flat_layers
 
 
@@ -198,3 +199,52 @@ def fold_frozen_batch_norm(model: keras.Model) -> keras.Model:
 def folded_pair_count(model: keras.Model) -> int:
     """How many :class:`ConvFrozenBatchNorm` layers ``model`` holds (nested models included)."""
     return sum(isinstance(layer, ConvFrozenBatchNorm) for layer in flat_layers(model))
+
+
+def fold_batch_norm_for_inference(model: keras.Model) -> keras.Model:
+    """A copy of functional ``model`` for inference: each BatchNorm after a linear ``Conv2D``
+    becomes that convolution's constant kernel and bias (a plain ``Conv2D``).
+
+    At inference (``training=False``) every BatchNorm is the affine map of its moving statistics,
+    trainable or not, so each foldable pair (:func:`fold_frozen_batch_norm`'s rules) becomes one
+    ``Conv2D(use_bias=True)`` holding ``W * s`` and ``(b - mean) * s + beta``, computed once in
+    float32. TensorFlow's graph optimiser then runs that convolution, its bias add and a
+    following ReLU as one fused kernel, where the BatchNorm cost two more passes over the
+    activations (and a ``ConvFrozenBatchNorm`` recomputes its fold on every call). The serving
+    export uses it (``dgml_tf.export.export_for_serving``).
+
+    The copy computes ``model(x, training=False)`` to float rounding. It is not for training:
+    the statistics and ``gamma`` are gone, and BatchNorms stay frozen in it.
+
+    Args:
+        model: a built functional (or sequential) model.
+
+    Returns:
+        The folded copy, or ``model`` itself when no pair folds.
+
+    Example:
+        >>> from dgml_tf.models import build_embedding_model  # doctest: +SKIP
+        >>> served = fold_batch_norm_for_inference(build_embedding_model(backbone="small_cnn"))  # doctest: +SKIP
+    """
+    folded = fold_frozen_batch_norm(freeze_batch_norm_statistics(model))
+    if folded is model or not folded_pair_count(folded):
+        return model
+    weights_of: dict = {}
+
+    def clone(layer):
+        if isinstance(layer, ConvFrozenBatchNorm):
+            kernel, bias = layer.folded_kernel_and_bias()
+            config = keras.layers.Conv2D.get_config(layer)
+            config.pop("autocast", None)  # a plain Conv2D casts its float32 kernel itself
+            new = keras.layers.Conv2D.from_config({**config, "use_bias": True})
+            weights = [ops.convert_to_numpy(kernel), ops.convert_to_numpy(bias)]
+        else:
+            new, weights = layer.__class__.from_config(layer.get_config()), layer.get_weights()
+        weights_of[id(new)] = (new, weights)
+        return new
+
+    plain = keras.models.clone_model(folded, clone_function=clone, recursive=True)
+    for new, weights in weights_of.values():
+        if weights:
+            new.set_weights(weights)
+    return plain
