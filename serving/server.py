@@ -45,6 +45,8 @@ from serving.state_loader import ServingStateLoader
 LOG = logging.getLogger("serving")
 ADMIN_TOKEN_ENV = "DGML_SERVING_ADMIN_TOKEN"
 _DEFAULT_BATCHING = BatchingParameters()
+# Each pool thread is an OS thread created at start: a typo of 10**6 must not exhaust the host.
+MAX_TENSORFLOW_THREADS = 1024
 
 
 def define_flags(values: absl_flags.FlagValues) -> None:
@@ -110,10 +112,10 @@ def define_flags(values: absl_flags.FlagValues) -> None:
                    "2).")
     # TensorFlow's thread pools (TF Serving's flags; 0: TensorFlow picks, one per core)
     define_integer("tensorflow_intra_op_parallelism", 0, "Threads one op may use (0: "
-                   "TensorFlow's default). 1 with --num_batch_threads=<cores> spends the least "
-                   "CPU per request (docs/serving.md).")
+                   "TensorFlow's default; at most 1024). 1 with --num_batch_threads=<cores> "
+                   "spends the least CPU per request (docs/serving.md).")
     define_integer("tensorflow_inter_op_parallelism", 0, "Ops of one model call run at once (0: "
-                   "TensorFlow's default).")
+                   "TensorFlow's default; at most 1024).")
     define_string("log_level", "INFO", "Python logging level of the server's log.")
 
 
@@ -242,8 +244,9 @@ def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     does not import TensorFlow, which a server of ``--embedder_url`` never needs)."""
     for name, value in (("tensorflow_intra_op_parallelism", intra_op),
                         ("tensorflow_inter_op_parallelism", inter_op)):
-        if value < 0:
-            raise ValueError(f"--{name} must be >= 0 (0: TensorFlow's default), got {value}.")
+        if not 0 <= value <= MAX_TENSORFLOW_THREADS:
+            raise ValueError(f"--{name} must be between 0 (TensorFlow's default) and "
+                             f"{MAX_TENSORFLOW_THREADS} threads, got {value}.")
     if not (intra_op or inter_op):
         return
     import tensorflow as tf

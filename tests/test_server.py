@@ -450,11 +450,13 @@ def test_tensorflow_thread_flags_set_the_pools_before_any_model_loads():
     assert done.stdout.split() == ["True", "1", "3"]
 
 
-def test_negative_thread_flag_is_refused_at_start(capsys):
+@pytest.mark.parametrize("flag", ["--tensorflow_inter_op_parallelism=-2",
+                                  "--tensorflow_intra_op_parallelism=1000000"])
+def test_thread_flag_out_of_range_is_refused_at_start(flag, capsys):
     from serving import server as server_cli
 
-    code = server_cli.main(["--model_base_path=/nonexistent", "--model_name=dgml",
-                            "--tensorflow_inter_op_parallelism=-2"])
+    code = server_cli.main(["--model_base_path=/nonexistent", "--model_name=dgml", flag])
     assert code == 2
     err = capsys.readouterr().err
-    assert "cannot start" in err and "--tensorflow_inter_op_parallelism must be >= 0" in err
+    name = flag.split("=")[0]
+    assert "cannot start" in err and f"{name} must be between 0 (TensorFlow's default) and 1024" in err
